@@ -1,0 +1,139 @@
+//! Command-line arguments, kept in the library so that other binaries and
+//! tests can reuse (and flatten) them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Top-level `sluice-bench` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Load generators and measurements for Sluice"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `sluice-bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Relay N concurrent G.711 RTP streams and measure loss and latency.
+    Streams(StreamsArgs),
+}
+
+/// Relay implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The XDP forwarding plane.
+    Xdp,
+}
+
+impl Backend {
+    /// Name used in reports (the `backend` key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+        }
+    }
+}
+
+/// Network layout of the test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Topology {
+    /// Caller and callee sides on separate relay interfaces.
+    #[default]
+    TwoArm,
+    /// Both sides reach the relay through the same interface (hairpin).
+    OneArm,
+}
+
+impl Topology {
+    /// Name used in reports (the `topology` key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TwoArm => "two-arm",
+            Self::OneArm => "one-arm",
+        }
+    }
+}
+
+/// Arguments of `sluice-bench streams`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct StreamsArgs {
+    /// Relay backend to measure.
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// Number of concurrent streams (each 50 packets/s of 172-byte RTP).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams: u32,
+    /// Send duration in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Network layout.
+    #[arg(long, value_enum, default_value_t = Topology::TwoArm)]
+    pub topology: Topology,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_streams_command() {
+        let cli = Cli::try_parse_from([
+            "sluice-bench",
+            "streams",
+            "--backend",
+            "xdp",
+            "--streams",
+            "500",
+            "--duration",
+            "3",
+            "--json",
+            "--topology",
+            "one-arm",
+        ])
+        .expect("parse");
+        let Command::Streams(a) = cli.command;
+        assert_eq!(
+            a,
+            StreamsArgs {
+                backend: Backend::Xdp,
+                streams: 500,
+                duration: 3,
+                json: true,
+                topology: Topology::OneArm,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_and_rejections() {
+        let cli =
+            Cli::try_parse_from(["sluice-bench", "streams", "--backend", "xdp"]).expect("parse");
+        let Command::Streams(a) = cli.command;
+        assert_eq!(a.topology, Topology::TwoArm);
+        assert!(!a.json);
+        assert!(Cli::try_parse_from(["sluice-bench", "streams"]).is_err());
+        assert!(Cli::try_parse_from([
+            "sluice-bench",
+            "streams",
+            "--backend",
+            "xdp",
+            "--streams",
+            "0"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

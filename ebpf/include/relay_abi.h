@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: GPL-2.0 OR GPL-3.0-or-later */
+/*
+ * relay_abi.h: the one ABI between the XDP relay program and its Rust loader.
+ *
+ * Everything the kernel side and userspace both read or write is declared here and nowhere else:
+ * map keys and values, flags, counter indices and drop reasons. The Rust mirror lives in
+ * `ebpf/src/abi.rs`; `ebpf/tests/layout.rs` compiles this header on the host, prints every size,
+ * offset and enum value, and fails if the Rust side disagrees. Change both together.
+ *
+ * Byte order: addresses and ports are stored in network byte order (as they appear on the wire),
+ * so the fast path compares and copies them without swapping. Counters are host order.
+ */
+#ifndef SLUICE_RELAY_ABI_H
+#define SLUICE_RELAY_ABI_H
+
+#ifdef __BPF__
+#include <linux/types.h>
+#else
+#include <stdint.h>
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+#endif
+
+/* Default capacities; the loader may resize the maps before loading. */
+#define SLUICE_MAX_FLOWS 65536
+#define SLUICE_MAX_IFACES 64
+#define SLUICE_MAX_LOCAL_ADDRS 256
+
+/* TTL given to every packet the relay sends: it re-originates the stream, it does not route it. */
+#define SLUICE_RELAY_TTL 64
+
+/* Key of the `flows` map: where a packet arrived on the relay. */
+struct sluice_flow_key {
+	__u32 local_addr; /* relay IPv4 address, network order */
+	__u16 local_port; /* relay UDP port, network order */
+	__u16 _pad;       /* must be zero */
+};
+
+/* flow_rule.flags */
+enum sluice_rule_flags {
+	/* Learn the sending peer's address from the first packet (symmetric RTP, RFC 4961). */
+	SLUICE_RULE_LATCH = 1u << 0,
+	/* Drop packets whose source differs from peer_addr:peer_port (once known), counted. */
+	SLUICE_RULE_STRICT_SOURCE = 1u << 1,
+	/* The destination is not known yet: the opposite leg's latch will teach it. */
+	SLUICE_RULE_DST_PENDING = 1u << 2,
+};
+
+/* flow_rule.latch_state */
+enum sluice_latch_state {
+	SLUICE_LATCH_WAITING = 0,
+	SLUICE_LATCH_LEARNED = 1,
+};
+
+/*
+ * Value of the `flows` map: what to do with a packet that arrived at the key.
+ *
+ * The packet leaves from new_src_addr:new_src_port (the relay's address on the other leg) towards
+ * new_dst_addr:new_dst_port (the peer). peer_addr:peer_port is the source expected on this leg: given
+ * by the control plane, or learned by the program when SLUICE_RULE_LATCH is set. On learning, the
+ * program also writes the learned address as the destination of the rule at teach_key (the reverse
+ * direction) and clears its SLUICE_RULE_DST_PENDING flag. The route towards the peer is looked up
+ * as the relay's own output from egress_ifindex, the interface that owns the new source address,
+ * exactly as a socket bound to that address would be routed.
+ */
+struct sluice_flow_rule {
+	__u32 new_src_addr;   /* network order */
+	__u32 new_dst_addr;   /* network order */
+	__u16 new_src_port;   /* network order */
+	__u16 new_dst_port;   /* network order */
+	__u32 flags;          /* enum sluice_rule_flags */
+	__u32 peer_addr;      /* network order; expected or learned source */
+	__u16 peer_port;      /* network order */
+	__u16 _pad0;
+	__u32 latch_state;    /* enum sluice_latch_state; written by the program */
+	__u32 stats_slot;     /* index into `stream_stats` */
+	__u32 egress_ifindex; /* interface that owns new_src_addr; 0 = the ingress interface */
+	struct sluice_flow_key teach_key; /* reverse rule to teach on latch; local_addr 0 = none */
+};
+
+/* Value of the per-CPU `stream_stats` array, indexed by flow_rule.stats_slot. Never reset. */
+struct sluice_stream_stats {
+	__u64 packets;
+	__u64 bytes;        /* UDP payload bytes (RTP header and payload) */
+	__u64 last_seen_ns; /* bpf_ktime_get_ns() of the last packet: CLOCK_MONOTONIC */
+};
+
+/* Value of the one-entry `config` array. */
+struct sluice_config {
+	__u16 port_min; /* host order: first relay port */
+	__u16 port_max; /* host order: last relay port; 0 = no relay ports (everything passes) */
+	__u32 _pad;
+};
+
+/*
+ * Indices of the per-CPU `counters` array (__u64 each). Every packet the program sees bumps exactly
+ * one verdict counter (all but SLUICE_CNT_LATCHED, which counts events), so their sum is the number
+ * of packets seen. The drop reasons come first: index < SLUICE_CNT_DROP_MAX_REASON is a drop.
+ *
+ * When adding one: append before SLUICE_CNT_MAX, mirror it in ebpf/src/abi.rs (Counter), give it a
+ * name in Counter::name, and the layout test will remind you of anything missed.
+ */
+enum sluice_counter {
+	SLUICE_CNT_DROP_MALFORMED = 0,       /* truncated or inconsistent Ethernet/IPv4/UDP header */
+	SLUICE_CNT_DROP_FRAGMENT = 1,        /* first IPv4 fragment towards a relay port */
+	SLUICE_CNT_DROP_UNKNOWN_PORT = 2,    /* relay address and port range, but no rule */
+	SLUICE_CNT_DROP_SOURCE_MISMATCH = 3, /* strict source: the packet's source is not the peer */
+	SLUICE_CNT_DROP_NO_ROUTE = 4,        /* bpf_fib_lookup found no usable route */
+	SLUICE_CNT_DROP_DST_PENDING = 5,     /* destination not learned yet (peer behind NAT silent) */
+	SLUICE_CNT_DROP_NO_TX_PORT = 6,      /* egress interface not in `tx_ports` */
+	SLUICE_CNT_DROP_TOO_BIG = 7,         /* larger than the egress MTU */
+	SLUICE_CNT_DROP_MAX_REASON = 8,      /* number of drop reasons */
+
+	SLUICE_CNT_TX = 8,                   /* forwarded with XDP_TX (same interface) */
+	SLUICE_CNT_REDIRECT = 9,             /* forwarded with XDP_REDIRECT (another interface) */
+	SLUICE_CNT_PASS_NOT_RELAY = 10,      /* not UDP to a relay port: left to the network stack */
+	SLUICE_CNT_PASS_NO_NEIGH = 11,       /* rewritten, next hop unresolved: the stack forwards it */
+	SLUICE_CNT_LATCHED = 12,             /* a leg learned its peer (event count, not a verdict) */
+	SLUICE_CNT_MAX = 13,
+};
+
+_Static_assert(sizeof(struct sluice_flow_key) == 8, "flow key is 8 bytes");
+_Static_assert(sizeof(struct sluice_flow_rule) == 44, "flow rule is 44 bytes");
+_Static_assert(sizeof(struct sluice_stream_stats) == 24, "stream stats are 24 bytes");
+_Static_assert(sizeof(struct sluice_config) == 8, "config is 8 bytes");
+
+/* The program names, as the loader looks them up. */
+#define SLUICE_PROG_RELAY "sluice_relay"
+#define SLUICE_PROG_PASS "sluice_pass"
+
+#endif /* SLUICE_RELAY_ABI_H */
