@@ -7,6 +7,7 @@ use std::process::Command;
 
 const BPF_SOURCES: &[&str] = &[
     "bpf/relay.bpf.c",
+    "bpf/trafficgen.bpf.c",
     "bpf/relay_maps.h",
     "bpf/parsing.h",
     "bpf/rewrite.h",
@@ -24,21 +25,22 @@ fn main() {
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
     let multiarch = multiarch_include();
-    let object = out.join("relay.bpf.o");
-    let mut bpf = Command::new(&clang);
-    bpf.args([
-        "-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror",
-    ])
-    .arg(format!("-I{}", manifest.join("include").display()))
-    .arg(format!("-I{multiarch}"))
-    .arg("-c")
-    .arg(manifest.join("bpf/relay.bpf.c"))
-    .arg("-o")
-    .arg(&object);
-    run(
-        &mut bpf,
-        "compiling the XDP program (apt-get install clang libbpf-dev)",
-    );
+    for program in ["relay", "trafficgen"] {
+        let mut bpf = Command::new(&clang);
+        bpf.args([
+            "-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror",
+        ])
+        .arg(format!("-I{}", manifest.join("include").display()))
+        .arg(format!("-I{multiarch}"))
+        .arg("-c")
+        .arg(manifest.join(format!("bpf/{program}.bpf.c")))
+        .arg("-o")
+        .arg(out.join(format!("{program}.bpf.o")));
+        run(
+            &mut bpf,
+            "compiling the XDP programs (apt-get install clang libbpf-dev)",
+        );
+    }
 
     let probe = out.join("abi_probe");
     let mut host = Command::new(&clang);

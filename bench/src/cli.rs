@@ -39,6 +39,27 @@ impl Backend {
     }
 }
 
+/// How the caller's packets are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Generator {
+    /// An XDP program run in live-frames mode: far cheaper per packet than a socket, so the
+    /// relay stays the limit.
+    #[default]
+    Xdp,
+    /// A UDP socket with `sendmmsg`: what a real endpoint does, and the limit near 100 kpps.
+    Sockets,
+}
+
+impl Generator {
+    /// Name used in reports (the `generator` key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Sockets => "sockets",
+        }
+    }
+}
+
 /// Network layout of the test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Topology {
@@ -77,6 +98,9 @@ pub struct StreamsArgs {
     /// Network layout.
     #[arg(long, value_enum, default_value_t = Topology::TwoArm)]
     pub topology: Topology,
+    /// Packet generator.
+    #[arg(long, value_enum, default_value_t = Generator::Xdp)]
+    pub generator: Generator,
 }
 
 #[cfg(test)]
@@ -108,6 +132,7 @@ mod tests {
                 duration: 3,
                 json: true,
                 topology: Topology::OneArm,
+                generator: Generator::Xdp,
             }
         );
     }

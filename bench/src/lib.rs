@@ -22,6 +22,8 @@ pub mod report;
 pub mod rtp;
 pub mod session;
 mod sys;
+pub mod xdp_backend;
+pub mod xdpgen;
 
 pub use cli::StreamsArgs;
 pub use report::StreamsReport;

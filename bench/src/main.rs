@@ -1,6 +1,6 @@
 //! `sluice-bench` command-line entry point.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Parser;
 use sluice_bench::cli::{Cli, Command, StreamsArgs};
 
@@ -18,12 +18,21 @@ fn main() -> Result<()> {
     }
 }
 
-/// Placeholder until the XDP backend sets up namespaces, loads the relay and
-/// calls `sluice_bench::session::run_session`.
+/// Runs one `streams` measurement and prints its report: a table, or one JSON object on the
+/// last line of stdout with `--json`.
 fn run_streams(args: &StreamsArgs) -> Result<()> {
-    tracing::debug!(?args, "streams requested");
-    bail!(
-        "backend wiring pending: `{}` backend is not connected yet",
-        args.backend.as_str()
-    )
+    let report = match args.backend {
+        sluice_bench::cli::Backend::Xdp => sluice_bench::xdp_backend::run(args)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if report.generator_saturated {
+        eprintln!(
+            "warning: the generator could not keep the requested rate; the relay was not the limit"
+        );
+    }
+    Ok(())
 }

@@ -29,10 +29,15 @@ pub struct StreamsReport {
     pub backend: String,
     /// Test topology, e.g. `"two-arm"` or `"one-arm"`.
     pub topology: String,
+    /// Packet generator: `"xdp"` (live frames) or `"sockets"` (`sendmmsg`).
+    pub generator: String,
     /// Number of concurrent RTP streams (call legs).
     pub streams: u64,
     /// Requested send duration in seconds.
     pub duration_s: f64,
+    /// Packets the relay program dropped during the run, for any reason (null when the backend
+    /// does not count drops).
+    pub relay_drops: Option<u64>,
     /// Packets the generator handed to the kernel.
     pub sent: u64,
     /// Distinct intact packets received (unique stream and sequence);
@@ -82,6 +87,10 @@ pub struct StreamsReport {
     /// CPU seconds consumed by the generator thread, to separate load
     /// generation cost from relay cost.
     pub generator_cpu_s: f64,
+    /// Packets the generator sent more than its lateness threshold (20 ms) after their due time.
+    pub generator_late: u64,
+    /// The generator's worst lateness, in milliseconds.
+    pub generator_max_lateness_ms: f64,
     /// CPU seconds consumed by the receiver thread.
     pub receiver_cpu_s: f64,
 }
@@ -106,6 +115,8 @@ impl StreamsReport {
         Self {
             backend: backend.to_owned(),
             topology: topology.to_owned(),
+            generator: "sockets".to_owned(),
+            relay_drops: None,
             streams: g.per_stream_sent.len() as u64,
             duration_s: outcome.duration.as_secs_f64(),
             sent: g.sent,
@@ -127,6 +138,8 @@ impl StreamsReport {
             achieved_pps: g.achieved_pps,
             generator_saturated: g.saturated,
             generator_cpu_s: g.cpu_time.as_secs_f64(),
+            generator_late: g.late,
+            generator_max_lateness_ms: g.max_lateness.as_secs_f64() * 1e3,
             receiver_cpu_s: r.cpu_time.as_secs_f64(),
         }
     }
@@ -221,6 +234,8 @@ mod tests {
         StreamsReport {
             backend: "xdp".into(),
             topology: "two-arm".into(),
+            generator: "sockets".into(),
+            relay_drops: Some(0),
             streams: 20,
             duration_s: 1.0,
             sent: 1000,
@@ -248,6 +263,8 @@ mod tests {
             achieved_pps: 1000.0,
             generator_saturated: false,
             generator_cpu_s: 0.01,
+            generator_late: 0,
+            generator_max_lateness_ms: 0.5,
             receiver_cpu_s: 0.01,
         }
     }

@@ -47,6 +47,9 @@ pub enum SessionError {
     /// The receiver failed.
     #[error("receiver: {0}")]
     Receiver(#[from] ReceiverError),
+    /// A generator other than the socket one failed.
+    #[error("generator: {0}")]
+    OtherGenerator(String),
     /// A worker thread panicked.
     #[error("{0} thread panicked")]
     Panicked(&'static str),
@@ -76,9 +79,25 @@ pub fn run_session(
     rx: &UdpSocket,
     cfg: &SessionConfig,
 ) -> Result<SessionOutcome, SessionError> {
+    run_session_with(dests.len(), rx, cfg, || {
+        run_generator(tx, dests, &cfg.generator).map_err(SessionError::from)
+    })
+}
+
+/// Like [`run_session`], with any generator: `generate` runs on its own thread while the
+/// receiver listens on `rx` for `streams` streams shaped by `cfg.generator`.
+pub fn run_session_with<G>(
+    streams: usize,
+    rx: &UdpSocket,
+    cfg: &SessionConfig,
+    generate: G,
+) -> Result<SessionOutcome, SessionError>
+where
+    G: FnOnce() -> Result<GeneratorReport, SessionError> + Send,
+{
     let gen_cfg = &cfg.generator;
     let rx_cfg = ReceiverConfig {
-        streams: dests.len(),
+        streams,
         packets_per_stream: gen_cfg.packets_per_stream(),
         expected_sources: cfg.expected_sources.clone(),
         timeout: gen_cfg.duration + gen_cfg.grace + cfg.drain,
@@ -93,7 +112,7 @@ pub fn run_session(
             .map_err(|e| SessionError::Spawn("receiver", e))?;
         let gen_handle = std::thread::Builder::new()
             .name("bench-gen".into())
-            .spawn_scoped(s, || run_generator(tx, dests, gen_cfg));
+            .spawn_scoped(s, generate);
         let gen_result = match gen_handle {
             Ok(h) => h.join().map_err(|_| SessionError::Panicked("generator")),
             Err(e) => Err(SessionError::Spawn("generator", e)),
@@ -125,14 +144,37 @@ pub fn bind_udp(addr: SocketAddrV4, buffer_bytes: usize) -> std::io::Result<UdpS
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     // Failing to grow buffers is not fatal: the run still measures, and any
     // resulting loss is visible in the report.
-    if let Err(e) = sock.set_recv_buffer_size(buffer_bytes) {
-        tracing::debug!(error = %e, "could not set SO_RCVBUF");
+    // As root, SO_RCVBUFFORCE passes net.core.rmem_max, which is far too small for 100 kpps.
+    if force_recv_buffer(&sock, buffer_bytes).is_err() {
+        if let Err(e) = sock.set_recv_buffer_size(buffer_bytes) {
+            tracing::debug!(error = %e, "could not set SO_RCVBUF");
+        }
     }
     if let Err(e) = sock.set_send_buffer_size(buffer_bytes) {
         tracing::debug!(error = %e, "could not set SO_SNDBUF");
     }
     sock.bind(&addr.into())?;
     Ok(sock.into())
+}
+
+fn force_recv_buffer(sock: &socket2::Socket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from a pointer we own, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

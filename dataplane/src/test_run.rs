@@ -9,6 +9,8 @@ use crate::DataplaneError;
 /// Largest frame a test run returns; XDP frames fit in a page.
 const MAX_FRAME: usize = 4096;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// Transmit the frames the program returns XDP_TX or XDP_REDIRECT for, instead of returning them.
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// What one test run returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +68,53 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// Runs an XDP program `repeat` times on copies of `frame` in live-frames mode: frames it returns
+/// XDP_TX for leave through `ingress_ifindex` (in the calling thread's namespace), which must
+/// have registered XDP receive queues. This is the benchmark's packet generator.
+pub fn xdp_live_frames(
+    prog_fd: RawFd,
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> Result<(), DataplaneError> {
+    let ctx = XdpMd {
+        data: 0,
+        data_end: frame.len() as u32,
+        ingress_ifindex,
+        ..XdpMd::default()
+    };
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
+        ctx_in: &ctx as *const XdpMd as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..TestRunAttr::default()
+    };
+    bpf_test_run(&mut attr)
+}
+
+fn bpf_test_run(attr: &mut TestRunAttr) -> Result<(), DataplaneError> {
+    // SAFETY: attr points at buffers that outlive the call and whose sizes it states.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(DataplaneError::Syscall {
+            call: "BPF_PROG_TEST_RUN",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn xdp_test_run(
     prog_fd: RawFd,
     frame: &[u8],
@@ -99,21 +148,7 @@ pub(crate) fn xdp_test_run(
         },
         ..TestRunAttr::default()
     };
-    // SAFETY: attr points at buffers that outlive the call and whose sizes it states.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(DataplaneError::Syscall {
-            call: "BPF_PROG_TEST_RUN",
-            source: io::Error::last_os_error(),
-        });
-    }
+    bpf_test_run(&mut attr)?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRunOutput {
         action: attr.retval,

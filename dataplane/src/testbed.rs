@@ -152,6 +152,28 @@ impl Testbed {
         }
     }
 
+    /// Moves the NAPI polling of the far ends' veths (where relayed frames arrive) to kernel
+    /// threads, so delivering to the receiving endpoint's stack no longer runs inside the
+    /// sending thread's system call and the scheduler can put it on another core, as a real NIC
+    /// on another host would. Call it once the relay is attached.
+    pub fn threaded_napi(&self) -> Result<(), TestbedError> {
+        for (ns, iface) in self.far_ends() {
+            ns.exec(&[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{iface}/threaded"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn far_ends(&self) -> Vec<(&NetNs, &'static str)> {
+        match &self.topology {
+            Topology::TwoArm(t) => t.far_ends(),
+            Topology::OneArm(t) => t.far_ends(),
+        }
+    }
+
     /// Loads the relay program in the relay namespace, attaches it to every relay interface
     /// and declares the relay's addresses. Returns the dataplane and the modes it got.
     pub fn start_relay(

@@ -121,6 +121,33 @@ enum sluice_counter {
 	SLUICE_CNT_MAX = 13,
 };
 
+/*
+ * The benchmark's traffic generator (bpf/trafficgen.bpf.c), not part of the relay: it is run with
+ * BPF_PROG_TEST_RUN in live-frames mode on a template frame and stamps each copy as packet `next`
+ * of the run: stream next % streams, sequence next / streams, sent to UDP port
+ * base_port + port_step * stream. It paces itself: a frame goes out only when packet `next` is
+ * due (start_ns + next / pps seconds) and min_gap_ns after the previous one; other runs return
+ * XDP_DROP, which costs the kernel a page recycle. One-entry ARRAY map `gen`.
+ */
+#define SLUICE_GEN_HEADERS 48 /* 42 used: Ethernet 14, IPv4 20, UDP 8 */
+
+struct sluice_gen {
+	__u32 streams;     /* >= 1 */
+	__u16 base_port;   /* host order */
+	__u16 port_step;
+	__u64 next;        /* packets stamped so far; advanced by the program */
+	__u64 total;       /* packets to send in all */
+	__u64 start_ns;    /* CLOCK_MONOTONIC time of packet 0 */
+	__u64 pps;         /* aggregate packets per second */
+	__u64 min_gap_ns;  /* spacing while catching up, so a backlog does not leave as one burst */
+	__u64 last_ns;     /* time of the last frame sent; written by the program */
+	/* Ethernet, IPv4 and UDP headers of every frame. The kernel recycles live-frame pages
+	 * without resetting them, and the relay rewrites what it forwards in place, so the program
+	 * writes these on every run. */
+	__u8 headers[SLUICE_GEN_HEADERS];
+};
+
+_Static_assert(sizeof(struct sluice_gen) == 56 + SLUICE_GEN_HEADERS, "generator state size");
 _Static_assert(sizeof(struct sluice_flow_key) == 8, "flow key is 8 bytes");
 _Static_assert(sizeof(struct sluice_flow_rule) == 44, "flow rule is 44 bytes");
 _Static_assert(sizeof(struct sluice_stream_stats) == 24, "stream stats are 24 bytes");
@@ -129,5 +156,6 @@ _Static_assert(sizeof(struct sluice_config) == 8, "config is 8 bytes");
 /* The program names, as the loader looks them up. */
 #define SLUICE_PROG_RELAY "sluice_relay"
 #define SLUICE_PROG_PASS "sluice_pass"
+#define SLUICE_PROG_TRAFFICGEN "sluice_trafficgen"
 
 #endif /* SLUICE_RELAY_ABI_H */

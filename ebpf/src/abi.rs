@@ -120,12 +120,59 @@ pub struct Config {
     pub _pad: u32,
 }
 
-// SAFETY: all four are `repr(C)` plain integers with explicit padding fields, so every byte pattern
+/// Size of `sluice_gen.headers`.
+pub const GEN_HEADERS: usize = 48;
+
+/// The benchmark generator's configuration and progress (`struct sluice_gen`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gen {
+    /// Number of streams; packet n belongs to stream n % streams.
+    pub streams: u32,
+    /// UDP port of stream 0, host order.
+    pub base_port: u16,
+    /// Port distance between consecutive streams.
+    pub port_step: u16,
+    /// Packets stamped so far.
+    pub next: u64,
+    /// Packets to send in all.
+    pub total: u64,
+    /// `CLOCK_MONOTONIC` time packet 0 is due.
+    pub start_ns: u64,
+    /// Aggregate packets per second.
+    pub pps: u64,
+    /// Least spacing between frames while catching up.
+    pub min_gap_ns: u64,
+    /// Time of the last frame sent (written by the program).
+    pub last_ns: u64,
+    /// Ethernet, IPv4 and UDP headers written into every frame (42 bytes used).
+    pub headers: [u8; GEN_HEADERS],
+}
+
+impl Default for Gen {
+    fn default() -> Self {
+        Self {
+            streams: 0,
+            base_port: 0,
+            port_step: 0,
+            next: 0,
+            total: 0,
+            start_ns: 0,
+            pps: 0,
+            min_gap_ns: 0,
+            last_ns: 0,
+            headers: [0; GEN_HEADERS],
+        }
+    }
+}
+
+// SAFETY: all five are `repr(C)` plain integers with explicit padding fields, so every byte pattern
 // is a valid value and there are no implicit padding bytes.
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowRule {}
 unsafe impl aya::Pod for StreamStats {}
 unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for Gen {}
 
 /// Indices of the per-CPU `counters` array (`enum sluice_counter`).
 #[repr(u32)]

@@ -11,6 +11,11 @@ pub mod abi;
 pub static RELAY_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.bpf.o"));
 
+/// The benchmark's traffic generator (`bpf/trafficgen.bpf.c`): program `sluice_trafficgen`, map
+/// `gen` of one [`Gen`](crate::abi::Gen). Not part of the relay.
+pub static TRAFFICGEN_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trafficgen.bpf.o"));
+
 /// Names of the maps in [`RELAY_OBJECT`], as the loader opens them.
 pub mod maps {
     /// `HASH`: [`FlowKey`](crate::abi::FlowKey) → [`FlowRule`](crate::abi::FlowRule).
@@ -33,4 +38,6 @@ pub mod programs {
     pub const RELAY: &str = "sluice_relay";
     /// Returns `XDP_PASS`: for the far end of a veth that XDP_TX or XDP_REDIRECT sends into.
     pub const PASS: &str = "sluice_pass";
+    /// The benchmark's generator, in [`TRAFFICGEN_OBJECT`](crate::TRAFFICGEN_OBJECT).
+    pub const TRAFFICGEN: &str = "sluice_trafficgen";
 }

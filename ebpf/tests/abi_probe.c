@@ -35,6 +35,19 @@ int main(void)
 	FIELD(sluice_config, port_min);
 	FIELD(sluice_config, port_max);
 
+	SIZE(sluice_gen);
+	FIELD(sluice_gen, streams);
+	FIELD(sluice_gen, base_port);
+	FIELD(sluice_gen, port_step);
+	FIELD(sluice_gen, next);
+	FIELD(sluice_gen, total);
+	FIELD(sluice_gen, start_ns);
+	FIELD(sluice_gen, pps);
+	FIELD(sluice_gen, min_gap_ns);
+	FIELD(sluice_gen, last_ns);
+	FIELD(sluice_gen, headers);
+	VALUE(SLUICE_GEN_HEADERS);
+
 	VALUE(SLUICE_MAX_FLOWS);
 	VALUE(SLUICE_MAX_IFACES);
 	VALUE(SLUICE_MAX_LOCAL_ADDRS);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
-use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, StreamStats};
+use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, Gen, StreamStats};
 use sluice_ebpf::{maps, RELAY_OBJECT};
 
 fn c_layout() -> HashMap<String, i64> {
@@ -69,6 +69,12 @@ fn structs_match_the_header() {
         [packets, bytes, last_seen_ns]
     );
     fields!(&layout, "sluice_config", Config, [port_min, port_max]);
+    fields!(
+        &layout,
+        "sluice_gen",
+        Gen,
+        [streams, base_port, port_step, next, total, start_ns, pps, min_gap_ns, last_ns, headers]
+    );
 }
 
 #[test]
@@ -79,6 +85,7 @@ fn constants_match_the_header() {
     value("SLUICE_MAX_IFACES", abi::MAX_IFACES.into());
     value("SLUICE_MAX_LOCAL_ADDRS", abi::MAX_LOCAL_ADDRS.into());
     value("SLUICE_RELAY_TTL", abi::RELAY_TTL.into());
+    value("SLUICE_GEN_HEADERS", abi::GEN_HEADERS as u64);
     value("SLUICE_RULE_LATCH", abi::RULE_LATCH.into());
     value("SLUICE_RULE_STRICT_SOURCE", abi::RULE_STRICT_SOURCE.into());
     value("SLUICE_RULE_DST_PENDING", abi::RULE_DST_PENDING.into());
@@ -147,4 +154,16 @@ fn compiled_maps_match_the_rust_types() {
             "program `{program}` is missing"
         );
     }
+}
+
+#[test]
+fn trafficgen_map_matches_the_rust_type() {
+    let object = aya_obj::Object::parse(sluice_ebpf::TRAFFICGEN_OBJECT).expect("parses");
+    let gen = object.maps.get("gen").expect("map `gen`");
+    assert_eq!(gen.key_size(), 4);
+    assert_eq!(gen.value_size() as usize, size_of::<Gen>());
+    assert_eq!(gen.max_entries(), 1);
+    assert!(object
+        .programs
+        .contains_key(sluice_ebpf::programs::TRAFFICGEN));
 }
