@@ -92,6 +92,15 @@ pub struct CounterSnapshot {
 }
 
 impl CounterSnapshot {
+    /// A snapshot whose counters come from `value` (for paths that count in their own way).
+    pub fn from_fn(mut value: impl FnMut(Counter) -> u64) -> Self {
+        let mut snapshot = Self::default();
+        for counter in Counter::ALL {
+            snapshot.values[counter.index() as usize] = value(counter);
+        }
+        snapshot
+    }
+
     /// One counter.
     pub fn get(&self, counter: Counter) -> u64 {
         self.values[counter.index() as usize]

@@ -1,0 +1,94 @@
+//! The interface every forwarding path implements: XDP in the kernel, AF_XDP workers in
+//! userspace, and plain sockets. The control plane, the end-to-end tests and the benchmark speak
+//! only this, so the same tests run against each path.
+
+use std::net::SocketAddrV4;
+
+use crate::{CounterSnapshot, DataplaneError, StreamCounters, StreamId, StreamRule};
+
+/// The forwarding paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// The XDP program forwards in the driver (XDP_TX / XDP_REDIRECT).
+    Xdp,
+    /// The XDP program hands the relay's packets to AF_XDP sockets; pinned workers forward them.
+    AfXdp,
+    /// Plain UDP sockets with recvmmsg/sendmmsg: no privileges, runs anywhere.
+    Sockets,
+}
+
+impl BackendKind {
+    /// `xdp`, `afxdp` or `sockets`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Xdp => "xdp",
+            BackendKind::AfXdp => "afxdp",
+            BackendKind::Sockets => "sockets",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "xdp" => Ok(BackendKind::Xdp),
+            "afxdp" => Ok(BackendKind::AfXdp),
+            "sockets" => Ok(BackendKind::Sockets),
+            other => Err(format!("unknown backend `{other}` (xdp, afxdp, sockets)")),
+        }
+    }
+}
+
+/// One forwarding path: stream rules in, counters out.
+///
+/// Counters are since the stream was installed. `counters` uses the XDP program's counter names
+/// for every path; a path counts what applies to it (sockets never see a malformed header) and
+/// counts its forwarded packets as [`Counter::Tx`](crate::Counter::Tx).
+pub trait Forwarder: Send {
+    /// Which path this is.
+    fn kind(&self) -> BackendKind;
+    /// Installs one direction of a stream.
+    fn install(&mut self, rule: &StreamRule) -> Result<StreamId, DataplaneError>;
+    /// Replaces an installed stream's rule, keeping its counters.
+    fn update(&mut self, id: StreamId, rule: &StreamRule) -> Result<(), DataplaneError>;
+    /// Removes a stream and returns its final counters.
+    fn remove(&mut self, id: StreamId) -> Result<StreamCounters, DataplaneError>;
+    /// A stream's packets, bytes and last-seen time since it was installed.
+    fn stream_counters(&self, id: StreamId) -> Result<StreamCounters, DataplaneError>;
+    /// The source a latching leg learned from its first packet, once it has.
+    fn latched_peer(&self, id: StreamId) -> Result<Option<SocketAddrV4>, DataplaneError>;
+    /// Verdict and drop counters since the path started.
+    fn counters(&self) -> Result<CounterSnapshot, DataplaneError>;
+}
+
+impl Forwarder for crate::Dataplane {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Xdp
+    }
+
+    fn install(&mut self, rule: &StreamRule) -> Result<StreamId, DataplaneError> {
+        crate::Dataplane::install(self, rule)
+    }
+
+    fn update(&mut self, id: StreamId, rule: &StreamRule) -> Result<(), DataplaneError> {
+        crate::Dataplane::update(self, id, rule)
+    }
+
+    fn remove(&mut self, id: StreamId) -> Result<StreamCounters, DataplaneError> {
+        crate::Dataplane::remove(self, id)
+    }
+
+    fn stream_counters(&self, id: StreamId) -> Result<StreamCounters, DataplaneError> {
+        crate::Dataplane::stream_counters(self, id)
+    }
+
+    fn latched_peer(&self, id: StreamId) -> Result<Option<SocketAddrV4>, DataplaneError> {
+        crate::Dataplane::latched_peer(self, id)
+    }
+
+    fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
+        crate::Dataplane::counters(self)
+    }
+}
