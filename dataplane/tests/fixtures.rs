@@ -1459,8 +1459,8 @@ fn garbage_never_aborts() {
 }
 
 #[test]
-fn forwarding_disabled_is_no_route() {
-    if !netns_available("forwarding_disabled_is_no_route") {
+fn forwarding_disabled_is_counted() {
+    if !netns_available("forwarding_disabled_is_counted") {
         return;
     }
     with_relay("fx-nofwd", |r| {
@@ -1482,7 +1482,7 @@ fn forwarding_disabled_is_no_route() {
             "egress a0, forwarding off on a0",
             &frame,
             action::DROP,
-            &[(Counter::DropNoRoute, 1)],
+            &[(Counter::DropFwdDisabled, 1)],
         );
         let input = Pkt::udp(sa(PEER_A, 4000), to_b, &rtp_payload(40, 61));
         r.expect_forward(

@@ -122,8 +122,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, __u32 s
 	fib.ipv4_dst = p->ip->daddr;
 	fib.ifindex = egress_ifindex ? egress_ifindex : ctx->ingress_ifindex;
 
-	/* The relay originates these packets: route them as a socket bound to the new source would
-	 * be, as output from the interface that owns it, not as packets forwarded from the ingress. */
+	/* The relay originates these packets: route them as output through the interface that owns
+	 * the new source, not as packets forwarded from the ingress. The kernel still refuses when
+	 * IPv4 forwarding is off there, so that is counted apart from a missing route. */
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
@@ -134,6 +135,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p, __u32 s
 		return verdict(SLUICE_CNT_PASS_NO_NEIGH, XDP_PASS);
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return verdict(SLUICE_CNT_DROP_TOO_BIG, XDP_DROP);
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		return verdict(SLUICE_CNT_DROP_FWD_DISABLED, XDP_DROP);
 	default:
 		return verdict(SLUICE_CNT_DROP_NO_ROUTE, XDP_DROP);
 	}

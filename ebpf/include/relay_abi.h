@@ -62,8 +62,9 @@ enum sluice_latch_state {
  * by the control plane, or learned by the program when SLUICE_RULE_LATCH is set. On learning, the
  * program also writes the learned address as the destination of the rule at teach_key (the reverse
  * direction) and clears its SLUICE_RULE_DST_PENDING flag. The route towards the peer is looked up
- * as the relay's own output from egress_ifindex, the interface that owns the new source address,
- * exactly as a socket bound to that address would be routed.
+ * as the relay's own output through egress_ifindex, the interface that owns the new source
+ * address, as for a socket bound to that address and that device (SO_BINDTODEVICE): a peer
+ * reachable only through another interface has no route from this leg.
  */
 struct sluice_flow_rule {
 	__u32 new_src_addr;   /* network order */
@@ -111,14 +112,15 @@ enum sluice_counter {
 	SLUICE_CNT_DROP_DST_PENDING = 5,     /* destination not learned yet (peer behind NAT silent) */
 	SLUICE_CNT_DROP_NO_TX_PORT = 6,      /* egress interface not in `tx_ports` */
 	SLUICE_CNT_DROP_TOO_BIG = 7,         /* larger than the egress MTU */
-	SLUICE_CNT_DROP_MAX_REASON = 8,      /* number of drop reasons */
+	SLUICE_CNT_DROP_FWD_DISABLED = 8,    /* IPv4 forwarding is off on the egress interface */
+	SLUICE_CNT_DROP_MAX_REASON = 9,      /* number of drop reasons */
 
-	SLUICE_CNT_TX = 8,                   /* forwarded with XDP_TX (same interface) */
-	SLUICE_CNT_REDIRECT = 9,             /* forwarded with XDP_REDIRECT (another interface) */
-	SLUICE_CNT_PASS_NOT_RELAY = 10,      /* not UDP to a relay port: left to the network stack */
-	SLUICE_CNT_PASS_NO_NEIGH = 11,       /* rewritten, next hop unresolved: the stack forwards it */
-	SLUICE_CNT_LATCHED = 12,             /* a leg learned its peer (event count, not a verdict) */
-	SLUICE_CNT_MAX = 13,
+	SLUICE_CNT_TX = 9,                   /* forwarded with XDP_TX (same interface) */
+	SLUICE_CNT_REDIRECT = 10,            /* forwarded with XDP_REDIRECT (another interface) */
+	SLUICE_CNT_PASS_NOT_RELAY = 11,      /* not UDP to a relay port: left to the network stack */
+	SLUICE_CNT_PASS_NO_NEIGH = 12,       /* rewritten, next hop unresolved: the stack forwards it */
+	SLUICE_CNT_LATCHED = 13,             /* a leg learned its peer (event count, not a verdict) */
+	SLUICE_CNT_MAX = 14,
 };
 
 /*

@@ -186,17 +186,18 @@ pub enum Counter {
     DropDstPending = 5,
     DropNoTxPort = 6,
     DropTooBig = 7,
-    Tx = 8,
-    Redirect = 9,
-    PassNotRelay = 10,
-    PassNoNeigh = 11,
-    Latched = 12,
+    DropFwdDisabled = 8,
+    Tx = 9,
+    Redirect = 10,
+    PassNotRelay = 11,
+    PassNoNeigh = 12,
+    Latched = 13,
 }
 
 /// Number of drop reasons: counters below this index are drops.
-pub const DROP_MAX_REASON: u32 = 8;
+pub const DROP_MAX_REASON: u32 = 9;
 /// Number of counters.
-pub const COUNTER_MAX: u32 = 13;
+pub const COUNTER_MAX: u32 = 14;
 
 impl Counter {
     /// Every counter, in index order.
@@ -209,6 +210,7 @@ impl Counter {
         Counter::DropDstPending,
         Counter::DropNoTxPort,
         Counter::DropTooBig,
+        Counter::DropFwdDisabled,
         Counter::Tx,
         Counter::Redirect,
         Counter::PassNotRelay,
@@ -227,6 +229,7 @@ impl Counter {
             Counter::DropDstPending => "drop_dst_pending",
             Counter::DropNoTxPort => "drop_no_tx_port",
             Counter::DropTooBig => "drop_too_big",
+            Counter::DropFwdDisabled => "drop_fwd_disabled",
             Counter::Tx => "tx",
             Counter::Redirect => "redirect",
             Counter::PassNotRelay => "pass_not_relay",
