@@ -275,6 +275,7 @@ impl Dataplane {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .map_err(|e| DataplaneError::map(maps::TX_PORTS, "adding the interface", e))?;
+        warn_about_sysctls(iface);
         for addr in ipv4_addrs(iface)? {
             self.add_local_addr(addr)?;
             self.owners.insert(addr, ifindex);
@@ -537,6 +538,31 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => Err(unknown()),
         index => Ok(index),
+    }
+}
+
+/// The kernel refuses to route the relay's output through an interface without IPv4 forwarding,
+/// and the stack drops the packets the program hands it while a neighbour is unresolved (their
+/// source is a local address) unless `accept_local` is on. Neither is fatal, so say it loudly.
+fn warn_about_sysctls(iface: &str) {
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{iface}/{key}"))
+            .map(|v| v.trim() == "1")
+            .unwrap_or(true)
+    };
+    if !read("forwarding") {
+        warn!(
+            %iface,
+            "IPv4 forwarding is off: streams leaving here are dropped (drop_fwd_disabled); \
+             sysctl -w net.ipv4.conf.{iface}.forwarding=1"
+        );
+    }
+    if !read("accept_local") {
+        warn!(
+            %iface,
+            "accept_local is off: packets sent while a neighbour is unresolved are lost; \
+             sysctl -w net.ipv4.conf.{iface}.accept_local=1"
+        );
     }
 }
 
