@@ -7,7 +7,9 @@ use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, XskMap,
+};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, StreamStats};
@@ -148,6 +150,7 @@ impl ProgramStats {
 struct Installed {
     key: FlowKey,
     baseline: StreamStats,
+    userspace: bool,
 }
 
 /// The XDP relay: the loaded program, its maps, its attachments and the installed streams.
@@ -161,8 +164,10 @@ pub struct Dataplane {
     counters: PerCpuArray<MapData, u64>,
     local_addrs: BpfHashMap<MapData, u32, u32>,
     tx_ports: DevMapHash<MapData>,
+    xsks: XskMap<MapData>,
     attachments: Vec<(Attachment, aya::programs::xdp::XdpLinkId)>,
     streams: HashMap<StreamId, Installed>,
+    by_key: HashMap<FlowKey, StreamId>,
     free_slots: Vec<u32>,
     max_streams: u32,
     /// The relay's addresses on attached interfaces, and which interface owns each.
@@ -201,6 +206,7 @@ impl Dataplane {
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         let local_addrs = take_map(&mut ebpf, maps::LOCAL_ADDRS)?;
         let tx_ports = take_map(&mut ebpf, maps::TX_PORTS)?;
+        let xsks = take_map(&mut ebpf, maps::XSKS)?;
         let mut config_map: Array<MapData, Config> = take_map(&mut ebpf, maps::CONFIG)?;
         config_map
             .set(
@@ -223,8 +229,10 @@ impl Dataplane {
             counters,
             local_addrs,
             tx_ports,
+            xsks,
             attachments: Vec::new(),
             streams: HashMap::new(),
+            by_key: HashMap::new(),
             free_slots,
             max_streams: config.max_streams,
             owners: HashMap::new(),
@@ -324,21 +332,55 @@ impl Dataplane {
             .map_err(|e| DataplaneError::map(maps::LOCAL_ADDRS, "adding an address", e))
     }
 
-    /// Installs one direction of a stream.
+    /// Installs one direction of a stream, forwarded by the XDP program.
     pub fn install(&mut self, rule: &StreamRule) -> Result<StreamId, DataplaneError> {
+        self.install_on(rule, false)
+    }
+
+    /// Installs one direction of a stream whose packets the program hands to the AF_XDP socket
+    /// of their receive queue (see [`register_xsk`](Self::register_xsk)), once their source is
+    /// accepted and their next hop resolved.
+    pub fn install_in_userspace(&mut self, rule: &StreamRule) -> Result<StreamId, DataplaneError> {
+        self.install_on(rule, true)
+    }
+
+    /// Makes `fd`, an AF_XDP socket bound to receive queue `queue`, the destination of the
+    /// userspace streams arriving on that queue (of any attached interface).
+    pub fn register_xsk(
+        &mut self,
+        queue: u32,
+        fd: std::os::fd::RawFd,
+    ) -> Result<(), DataplaneError> {
+        self.xsks
+            .set(queue, fd, 0)
+            .map_err(|e| DataplaneError::map(maps::XSKS, "registering an AF_XDP socket", e))
+    }
+
+    fn install_on(
+        &mut self,
+        rule: &StreamRule,
+        userspace: bool,
+    ) -> Result<StreamId, DataplaneError> {
         let key = FlowKey::new(rule.local);
-        if self.streams.values().any(|s| s.key == key) {
+        if self.by_key.contains_key(&key) {
             return Err(DataplaneError::AlreadyInstalled(rule.local));
         }
         let slot = self
             .free_slots
             .pop()
             .ok_or(DataplaneError::Full(self.max_streams))?;
-        let result = self.write_rule(rule, slot);
-        match result {
+        match self.write_rule(rule, slot, userspace, true) {
             Ok(baseline) => {
                 let id = StreamId(slot);
-                self.streams.insert(id, Installed { key, baseline });
+                self.streams.insert(
+                    id,
+                    Installed {
+                        key,
+                        baseline,
+                        userspace,
+                    },
+                );
+                self.by_key.insert(key, id);
                 Ok(id)
             }
             Err(e) => {
@@ -349,7 +391,7 @@ impl Dataplane {
     }
 
     /// Replaces the rule of an installed stream, keeping its counters (a re-INVITE that moves a
-    /// peer, or a hold). The relay address may not change.
+    /// peer, or a hold). The relay address may not change. A latching leg starts latching anew.
     pub fn update(&mut self, id: StreamId, rule: &StreamRule) -> Result<(), DataplaneError> {
         let installed = self
             .streams
@@ -362,19 +404,31 @@ impl Dataplane {
                 rule.local
             )));
         }
-        let (key, encoded) = rule.encode(id.0, self.egress_of(rule))?;
-        self.flows
-            .insert(key, encoded, 0)
-            .map_err(|e| DataplaneError::map(maps::FLOWS, "updating a rule", e))
+        let userspace = installed.userspace;
+        self.write_rule(rule, id.0, userspace, false).map(|_| ())
     }
 
-    fn write_rule(&mut self, rule: &StreamRule, slot: u32) -> Result<StreamStats, DataplaneError> {
-        let (key, encoded) = rule.encode(slot, self.egress_of(rule))?;
-        // Counters are never reset: a reused slot starts from what its last owner left.
-        let baseline = self.read_slot(slot)?;
+    /// Writes a rule; for a new stream, returns the slot's counters as the baseline to subtract
+    /// (counters are never reset, so a reused slot starts from what its last owner left).
+    fn write_rule(
+        &mut self,
+        rule: &StreamRule,
+        slot: u32,
+        userspace: bool,
+        new: bool,
+    ) -> Result<StreamStats, DataplaneError> {
+        let (key, mut encoded) = rule.encode(slot, self.egress_of(rule))?;
+        if userspace {
+            encoded.flags |= abi::RULE_USERSPACE;
+        }
+        let baseline = if new {
+            self.read_slot(slot)?
+        } else {
+            StreamStats::default()
+        };
         self.flows
             .insert(key, encoded, 0)
-            .map_err(|e| DataplaneError::map(maps::FLOWS, "installing a rule", e))?;
+            .map_err(|e| DataplaneError::map(maps::FLOWS, "writing a rule", e))?;
         Ok(baseline)
     }
 
@@ -389,6 +443,7 @@ impl Dataplane {
             .streams
             .remove(&id)
             .ok_or(DataplaneError::UnknownStream(id))?;
+        self.by_key.remove(&installed.key);
         self.flows
             .remove(&installed.key)
             .map_err(|e| DataplaneError::map(maps::FLOWS, "removing a rule", e))?;

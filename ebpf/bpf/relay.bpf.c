@@ -108,24 +108,55 @@ static __always_inline int source_ok(struct sluice_flow_rule *rule, __u32 saddr,
 	return rule->peer_addr == saddr && rule->peer_port == sport;
 }
 
+/*
+ * A userspace stream: the packet goes to the AF_XDP socket of its queue as it arrived, with the
+ * next hop in front of it. The worker rewrites, counts and sends it.
+ */
+static __always_inline int to_userspace(struct xdp_md *ctx, struct bpf_fib_lookup *fib)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct sluice_xsk_meta)))
+		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
+
+	void *data = (void *)(long)ctx->data;
+	struct sluice_xsk_meta *meta = (void *)(long)ctx->data_meta;
+
+	if ((void *)(meta + 1) > data)
+		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
+	__builtin_memcpy(meta->dst_mac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(meta->src_mac, fib->smac, ETH_ALEN);
+	meta->egress_ifindex = fib->ifindex;
+	if (bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP) != XDP_REDIRECT)
+		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
+	return verdict(SLUICE_CNT_USERSPACE, XDP_REDIRECT);
+}
+
+/*
+ * The route towards a rule's destination, looked up as the relay's own output through the
+ * interface that owns the rule's new source. Returns a BPF_FIB_LKUP_RET_* code.
+ */
+static __always_inline int route(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 tos,
+				 __u16 tot_len, __u32 saddr, __u32 daddr, __u32 egress_ifindex)
+{
+	fib->family = AF_INET;
+	fib->tos = tos;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->tot_len = tot_len;
+	fib->ipv4_src = saddr;
+	fib->ipv4_dst = daddr;
+	fib->ifindex = egress_ifindex ? egress_ifindex : ctx->ingress_ifindex;
+	/* The relay originates these packets: route them as output through the interface that owns
+	 * the new source, not as packets forwarded from the ingress. The kernel still refuses when
+	 * IPv4 forwarding is off there, so that is counted apart from a missing route. */
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
+}
+
 static __always_inline int forward(struct xdp_md *ctx, struct packet *p, __u32 slot,
 				   __u32 egress_ifindex)
 {
 	struct bpf_fib_lookup fib = {};
-	int rc;
+	int rc = route(ctx, &fib, p->ip->tos, bpf_ntohs(p->ip->tot_len), p->ip->saddr,
+		       p->ip->daddr, egress_ifindex);
 
-	fib.family = AF_INET;
-	fib.tos = p->ip->tos;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = bpf_ntohs(p->ip->tot_len);
-	fib.ipv4_src = p->ip->saddr;
-	fib.ipv4_dst = p->ip->daddr;
-	fib.ifindex = egress_ifindex ? egress_ifindex : ctx->ingress_ifindex;
-
-	/* The relay originates these packets: route them as output through the interface that owns
-	 * the new source, not as packets forwarded from the ingress. The kernel still refuses when
-	 * IPv4 forwarding is off there, so that is counted apart from a missing route. */
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		break;
@@ -195,6 +226,16 @@ int sluice_relay(struct xdp_md *ctx)
 		return verdict(SLUICE_CNT_DROP_SOURCE_MISMATCH, XDP_DROP);
 	if (rule->flags & SLUICE_RULE_DST_PENDING)
 		return verdict(SLUICE_CNT_DROP_DST_PENDING, XDP_DROP);
+
+	if (rule->flags & SLUICE_RULE_USERSPACE) {
+		struct bpf_fib_lookup fib = {};
+		int rc = route(ctx, &fib, p.ip->tos, bpf_ntohs(p.ip->tot_len), rule->new_src_addr,
+			       rule->new_dst_addr, rule->egress_ifindex);
+
+		/* Anything but a resolved next hop takes the kernel path, counted there. */
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+			return to_userspace(ctx, &fib);
+	}
 
 	rewrite_udp4(&p, rule->new_src_addr, rule->new_dst_addr, rule->new_src_port,
 		     rule->new_dst_port);

@@ -49,6 +49,14 @@ struct {
 	__uint(max_entries, SLUICE_MAX_LOCAL_ADDRS);
 } local_addrs SEC(".maps");
 
+/* AF_XDP sockets by receive queue, for streams forwarded in userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, SLUICE_MAX_QUEUES);
+} xsks SEC(".maps");
+
 /* Interfaces the relay may redirect to, keyed by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);

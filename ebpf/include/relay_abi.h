@@ -27,6 +27,7 @@ typedef uint64_t __u64;
 #define SLUICE_MAX_FLOWS 65536
 #define SLUICE_MAX_IFACES 64
 #define SLUICE_MAX_LOCAL_ADDRS 256
+#define SLUICE_MAX_QUEUES 64
 
 /* TTL given to every packet the relay sends: it re-originates the stream, it does not route it. */
 #define SLUICE_RELAY_TTL 64
@@ -46,6 +47,20 @@ enum sluice_rule_flags {
 	SLUICE_RULE_STRICT_SOURCE = 1u << 1,
 	/* The destination is not known yet: the opposite leg's latch will teach it. */
 	SLUICE_RULE_DST_PENDING = 1u << 2,
+	/* Forward in userspace: after the source checks and the route lookup, hand the packet,
+	 * unchanged, to the AF_XDP socket of its receive queue, with a struct sluice_xsk_meta
+	 * in front of it. The worker rewrites, counts and transmits it. */
+	SLUICE_RULE_USERSPACE = 1u << 3,
+};
+
+/*
+ * Metadata in front of a packet handed to AF_XDP (bpf_xdp_adjust_meta): the next hop the kernel's
+ * route lookup found, so the worker needs no neighbour table of its own.
+ */
+struct sluice_xsk_meta {
+	__u8 dst_mac[6];
+	__u8 src_mac[6];
+	__u32 egress_ifindex;
 };
 
 /* flow_rule.latch_state */
@@ -113,14 +128,16 @@ enum sluice_counter {
 	SLUICE_CNT_DROP_NO_TX_PORT = 6,      /* egress interface not in `tx_ports` */
 	SLUICE_CNT_DROP_TOO_BIG = 7,         /* larger than the egress MTU */
 	SLUICE_CNT_DROP_FWD_DISABLED = 8,    /* IPv4 forwarding is off on the egress interface */
-	SLUICE_CNT_DROP_MAX_REASON = 9,      /* number of drop reasons */
+	SLUICE_CNT_DROP_NO_XSK = 9,          /* a userspace stream, but no AF_XDP socket on the queue */
+	SLUICE_CNT_DROP_MAX_REASON = 10,     /* number of drop reasons */
 
-	SLUICE_CNT_TX = 9,                   /* forwarded with XDP_TX (same interface) */
-	SLUICE_CNT_REDIRECT = 10,            /* forwarded with XDP_REDIRECT (another interface) */
-	SLUICE_CNT_PASS_NOT_RELAY = 11,      /* not UDP to a relay port: left to the network stack */
-	SLUICE_CNT_PASS_NO_NEIGH = 12,       /* rewritten, next hop unresolved: the stack forwards it */
-	SLUICE_CNT_LATCHED = 13,             /* a leg learned its peer (event count, not a verdict) */
-	SLUICE_CNT_MAX = 14,
+	SLUICE_CNT_TX = 10,                  /* forwarded with XDP_TX (same interface) */
+	SLUICE_CNT_REDIRECT = 11,            /* forwarded with XDP_REDIRECT (another interface) */
+	SLUICE_CNT_PASS_NOT_RELAY = 12,      /* not UDP to a relay port: left to the network stack */
+	SLUICE_CNT_PASS_NO_NEIGH = 13,       /* rewritten, next hop unresolved: the stack forwards it */
+	SLUICE_CNT_USERSPACE = 14,           /* handed to an AF_XDP socket */
+	SLUICE_CNT_LATCHED = 15,             /* a leg learned its peer (event count, not a verdict) */
+	SLUICE_CNT_MAX = 16,
 };
 
 /*
@@ -150,6 +167,7 @@ struct sluice_gen {
 };
 
 _Static_assert(sizeof(struct sluice_gen) == 56 + SLUICE_GEN_HEADERS, "generator state size");
+_Static_assert(sizeof(struct sluice_xsk_meta) == 16, "AF_XDP metadata is 16 bytes");
 _Static_assert(sizeof(struct sluice_flow_key) == 8, "flow key is 8 bytes");
 _Static_assert(sizeof(struct sluice_flow_rule) == 44, "flow rule is 44 bytes");
 _Static_assert(sizeof(struct sluice_stream_stats) == 24, "stream stats are 24 bytes");

@@ -12,6 +12,8 @@ pub const MAX_FLOWS: u32 = 65536;
 pub const MAX_IFACES: u32 = 64;
 /// Capacity of the `local_addrs` map.
 pub const MAX_LOCAL_ADDRS: u32 = 256;
+/// Capacity of the `xsks` map: receive queues per interface that AF_XDP can serve.
+pub const MAX_QUEUES: u32 = 64;
 /// TTL of every packet the relay sends.
 pub const RELAY_TTL: u8 = 64;
 
@@ -21,6 +23,17 @@ pub const RULE_LATCH: u32 = 1 << 0;
 pub const RULE_STRICT_SOURCE: u32 = 1 << 1;
 /// `flow_rule.flags`: the destination will be taught by the reverse leg's latch.
 pub const RULE_DST_PENDING: u32 = 1 << 2;
+/// `flow_rule.flags`: forward in userspace through AF_XDP.
+pub const RULE_USERSPACE: u32 = 1 << 3;
+
+/// In front of a packet handed to AF_XDP: the next hop the kernel found (`struct sluice_xsk_meta`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskMeta {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub egress_ifindex: u32,
+}
 
 /// `flow_rule.latch_state`: waiting for the first packet.
 pub const LATCH_WAITING: u32 = 0;
@@ -173,6 +186,7 @@ unsafe impl aya::Pod for FlowRule {}
 unsafe impl aya::Pod for StreamStats {}
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Gen {}
+unsafe impl aya::Pod for XskMeta {}
 
 /// Indices of the per-CPU `counters` array (`enum sluice_counter`).
 #[repr(u32)]
@@ -187,17 +201,19 @@ pub enum Counter {
     DropNoTxPort = 6,
     DropTooBig = 7,
     DropFwdDisabled = 8,
-    Tx = 9,
-    Redirect = 10,
-    PassNotRelay = 11,
-    PassNoNeigh = 12,
-    Latched = 13,
+    DropNoXsk = 9,
+    Tx = 10,
+    Redirect = 11,
+    PassNotRelay = 12,
+    PassNoNeigh = 13,
+    Userspace = 14,
+    Latched = 15,
 }
 
 /// Number of drop reasons: counters below this index are drops.
-pub const DROP_MAX_REASON: u32 = 9;
+pub const DROP_MAX_REASON: u32 = 10;
 /// Number of counters.
-pub const COUNTER_MAX: u32 = 14;
+pub const COUNTER_MAX: u32 = 16;
 
 impl Counter {
     /// Every counter, in index order.
@@ -211,10 +227,12 @@ impl Counter {
         Counter::DropNoTxPort,
         Counter::DropTooBig,
         Counter::DropFwdDisabled,
+        Counter::DropNoXsk,
         Counter::Tx,
         Counter::Redirect,
         Counter::PassNotRelay,
         Counter::PassNoNeigh,
+        Counter::Userspace,
         Counter::Latched,
     ];
 
@@ -230,10 +248,12 @@ impl Counter {
             Counter::DropNoTxPort => "drop_no_tx_port",
             Counter::DropTooBig => "drop_too_big",
             Counter::DropFwdDisabled => "drop_fwd_disabled",
+            Counter::DropNoXsk => "drop_no_xsk",
             Counter::Tx => "tx",
             Counter::Redirect => "redirect",
             Counter::PassNotRelay => "pass_not_relay",
             Counter::PassNoNeigh => "pass_no_neigh",
+            Counter::Userspace => "userspace",
             Counter::Latched => "latched",
         }
     }

@@ -30,6 +30,8 @@ pub mod maps {
     pub const LOCAL_ADDRS: &str = "local_addrs";
     /// `DEVMAP_HASH`: ifindex → `bpf_devmap_val`.
     pub const TX_PORTS: &str = "tx_ports";
+    /// `XSKMAP`: receive queue → AF_XDP socket.
+    pub const XSKS: &str = "xsks";
 }
 
 /// Names of the programs in [`RELAY_OBJECT`].

@@ -31,6 +31,11 @@ int main(void)
 	FIELD(sluice_stream_stats, bytes);
 	FIELD(sluice_stream_stats, last_seen_ns);
 
+	SIZE(sluice_xsk_meta);
+	FIELD(sluice_xsk_meta, dst_mac);
+	FIELD(sluice_xsk_meta, src_mac);
+	FIELD(sluice_xsk_meta, egress_ifindex);
+
 	SIZE(sluice_config);
 	FIELD(sluice_config, port_min);
 	FIELD(sluice_config, port_max);
@@ -66,6 +71,10 @@ int main(void)
 	VALUE(SLUICE_CNT_DROP_NO_TX_PORT);
 	VALUE(SLUICE_CNT_DROP_TOO_BIG);
 	VALUE(SLUICE_CNT_DROP_FWD_DISABLED);
+	VALUE(SLUICE_CNT_DROP_NO_XSK);
+	VALUE(SLUICE_CNT_USERSPACE);
+	VALUE(SLUICE_RULE_USERSPACE);
+	VALUE(SLUICE_MAX_QUEUES);
 	VALUE(SLUICE_CNT_DROP_MAX_REASON);
 	VALUE(SLUICE_CNT_TX);
 	VALUE(SLUICE_CNT_REDIRECT);

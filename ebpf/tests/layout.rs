@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
-use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, Gen, StreamStats};
+use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, Gen, StreamStats, XskMeta};
 use sluice_ebpf::{maps, RELAY_OBJECT};
 
 fn c_layout() -> HashMap<String, i64> {
@@ -68,6 +68,12 @@ fn structs_match_the_header() {
         StreamStats,
         [packets, bytes, last_seen_ns]
     );
+    fields!(
+        &layout,
+        "sluice_xsk_meta",
+        XskMeta,
+        [dst_mac, src_mac, egress_ifindex]
+    );
     fields!(&layout, "sluice_config", Config, [port_min, port_max]);
     fields!(
         &layout,
@@ -89,6 +95,8 @@ fn constants_match_the_header() {
     value("SLUICE_RULE_LATCH", abi::RULE_LATCH.into());
     value("SLUICE_RULE_STRICT_SOURCE", abi::RULE_STRICT_SOURCE.into());
     value("SLUICE_RULE_DST_PENDING", abi::RULE_DST_PENDING.into());
+    value("SLUICE_RULE_USERSPACE", abi::RULE_USERSPACE.into());
+    value("SLUICE_MAX_QUEUES", abi::MAX_QUEUES.into());
     value("SLUICE_LATCH_WAITING", abi::LATCH_WAITING.into());
     value("SLUICE_LATCH_LEARNED", abi::LATCH_LEARNED.into());
     value("SLUICE_CNT_DROP_MAX_REASON", abi::DROP_MAX_REASON.into());
@@ -146,7 +154,8 @@ fn compiled_maps_match_the_rust_types() {
     expect(maps::LOCAL_ADDRS, 4, 4, abi::MAX_LOCAL_ADDRS);
     // struct bpf_devmap_val: ifindex and a program fd/id union.
     expect(maps::TX_PORTS, 4, 8, abi::MAX_IFACES);
-    assert_eq!(object.maps.len(), 6, "a map was added without a check here");
+    expect(maps::XSKS, 4, 4, abi::MAX_QUEUES);
+    assert_eq!(object.maps.len(), 7, "a map was added without a check here");
 
     for program in [sluice_ebpf::programs::RELAY, sluice_ebpf::programs::PASS] {
         assert!(
