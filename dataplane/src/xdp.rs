@@ -356,6 +356,61 @@ impl Dataplane {
             .map_err(|e| DataplaneError::map(maps::XSKS, "registering an AF_XDP socket", e))
     }
 
+    /// Registers `fd`, an AF_XDP socket bound to queue `queue` of the attached interface
+    /// `ifindex`. With a relay object whose `xsks` map is keyed per interface (map `xsk_slots`:
+    /// ifindex -> slot, key = slot * MAX_QUEUES + queue), the interface gets the slot of its
+    /// position among the attachments and every interface's queue has its own socket; returns
+    /// `true`. With an older object keyed by queue alone, this is
+    /// [`register_xsk`](Self::register_xsk) and returns `false`: only one interface per queue
+    /// can then receive.
+    pub fn register_xsk_on(
+        &mut self,
+        ifindex: u32,
+        queue: u32,
+        fd: std::os::fd::RawFd,
+    ) -> Result<bool, DataplaneError> {
+        const XSK_SLOTS: &str = "xsk_slots";
+        let Some(map) = self.ebpf.map_mut(XSK_SLOTS) else {
+            self.register_xsk(queue, fd)?;
+            return Ok(false);
+        };
+        let slot = self
+            .attachments
+            .iter()
+            .position(|(a, _)| a.ifindex == ifindex)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p < abi::MAX_IFACES && queue < abi::MAX_QUEUES)
+            .ok_or_else(|| {
+                DataplaneError::InvalidConfig(format!(
+                    "AF_XDP socket on ifindex {ifindex} queue {queue}: the interface is not \
+                     attached or the queue is beyond {}",
+                    abi::MAX_QUEUES
+                ))
+            })?;
+        let mut slots: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)
+            .map_err(|e| DataplaneError::map("xsk_slots", "opening", e))?;
+        slots
+            .insert(ifindex, slot, 0)
+            .map_err(|e| DataplaneError::map("xsk_slots", "setting an interface slot", e))?;
+        self.register_xsk(slot * abi::MAX_QUEUES + queue, fd)?;
+        Ok(true)
+    }
+
+    /// A duplicate of the `flows` map's file descriptor, for readers outside the `Dataplane`
+    /// (AF_XDP workers read the destination a latch taught, which only the kernel writes).
+    pub fn flows_fd(&self) -> Result<OwnedFd, DataplaneError> {
+        use aya::maps::IterableMap;
+        self.flows
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataplaneError::Syscall {
+                call: "dup of the flows map fd",
+                source,
+            })
+    }
+
     fn install_on(
         &mut self,
         rule: &StreamRule,
@@ -562,7 +617,7 @@ impl Dataplane {
 }
 
 /// Sums a stream's per-CPU counters; the last-seen time is the latest of any CPU.
-pub fn sum_stream_stats(per_cpu: &PerCpuValues<StreamStats>) -> StreamStats {
+pub fn sum_stream_stats(per_cpu: &[StreamStats]) -> StreamStats {
     per_cpu
         .iter()
         .fold(StreamStats::default(), |acc, s| StreamStats {
