@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod hw;
 
 /// Sluice: a kernel-bypass media and signalling appliance for VoIP carriers.
 #[derive(Parser, Debug)]
@@ -19,6 +20,9 @@ enum Command {
     /// Relays a few calls' RTP through the XDP relay in network namespaces and prints the
     /// per-stream counters (needs root).
     Demo(demo::DemoArgs),
+    /// Describes this host (CPUs, NUMA nodes, NIC ports), plans which cores serve which NIC
+    /// queues and how much memory the maps get, and applies the tuning.
+    Hw(hw::HwArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Hw(args) => hw::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

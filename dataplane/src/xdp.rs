@@ -7,9 +7,7 @@ use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use aya::maps::{
-    Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, XskMap,
-};
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use sluice_ebpf::abi::{self, Config, Counter, FlowKey, FlowRule, StreamStats};
