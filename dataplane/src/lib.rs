@@ -9,6 +9,7 @@ mod backend;
 mod error;
 pub mod netns;
 mod rules;
+pub mod sockets;
 pub mod test_run;
 pub mod testbed;
 mod xdp;
@@ -17,6 +18,7 @@ pub use backend::{BackendKind, Forwarder};
 pub use error::DataplaneError;
 pub use rules::{bidirectional, Leg, Peer, StreamId, StreamRule};
 pub use sluice_ebpf::abi::Counter;
+pub use sockets::{SocketRelay, SocketRelayConfig};
 pub use test_run::TestRunOutput;
 pub use xdp::{
     ifindex, monotonic_now, sum_stream_stats, AttachMode, AttachedMode, Attachment,
