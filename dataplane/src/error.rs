@@ -66,6 +66,13 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// An AF_XDP step failed (UMEM, rings, bind, a worker), naming the interface and queue.
+    #[error("{what} failed: {source}")]
+    AfXdp {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl DataplaneError {

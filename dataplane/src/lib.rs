@@ -5,6 +5,7 @@
 //! peers that latching learned, and the program's drop counters. [`netns`] builds the network
 //! namespace topologies that the end-to-end tests, the benchmark and the demo run on.
 
+pub mod afxdp;
 mod backend;
 mod error;
 pub mod netns;
@@ -14,6 +15,7 @@ pub mod test_run;
 pub mod testbed;
 mod xdp;
 
+pub use afxdp::{AfXdpConfig, AfXdpRelay, XskMode, XskSocket};
 pub use backend::{BackendKind, Forwarder};
 pub use error::DataplaneError;
 pub use rules::{bidirectional, Leg, Peer, StreamId, StreamRule};

@@ -336,42 +336,37 @@ impl Dataplane {
     }
 
     /// Installs one direction of a stream whose packets the program hands to the AF_XDP socket
-    /// of their receive queue (see [`register_xsk`](Self::register_xsk)), once their source is
+    /// of their receive queue (see [`register_xsk_on`](Self::register_xsk_on)), once their source is
     /// accepted and their next hop resolved.
     pub fn install_in_userspace(&mut self, rule: &StreamRule) -> Result<StreamId, DataplaneError> {
         self.install_on(rule, true)
     }
 
-    /// Makes `fd`, an AF_XDP socket bound to receive queue `queue`, the destination of the
-    /// userspace streams arriving on that queue (of any attached interface).
-    pub fn register_xsk(
-        &mut self,
-        queue: u32,
-        fd: std::os::fd::RawFd,
-    ) -> Result<(), DataplaneError> {
+    /// Puts `fd`, an AF_XDP socket, at `key` in the `xsks` map.
+    fn register_xsk(&mut self, key: u32, fd: std::os::fd::RawFd) -> Result<(), DataplaneError> {
         self.xsks
-            .set(queue, fd, 0)
+            .set(key, fd, 0)
             .map_err(|e| DataplaneError::map(maps::XSKS, "registering an AF_XDP socket", e))
     }
 
     /// Registers `fd`, an AF_XDP socket bound to queue `queue` of the attached interface
-    /// `ifindex`. With a relay object whose `xsks` map is keyed per interface (map `xsk_slots`:
-    /// ifindex -> slot, key = slot * MAX_QUEUES + queue), the interface gets the slot of its
-    /// position among the attachments and every interface's queue has its own socket; returns
-    /// `true`. With an older object keyed by queue alone, this is
-    /// [`register_xsk`](Self::register_xsk) and returns `false`: only one interface per queue
-    /// can then receive.
+    /// `ifindex`, as where that queue's userspace streams go. The `xsks` map is keyed by
+    /// interface slot and queue (`slot * MAX_QUEUES + queue`, the slot from `xsk_slots`), since
+    /// the kernel delivers to a socket only what arrives on the queue it is bound to; the slot
+    /// is the interface's position among the attachments.
     pub fn register_xsk_on(
         &mut self,
         ifindex: u32,
         queue: u32,
         fd: std::os::fd::RawFd,
-    ) -> Result<bool, DataplaneError> {
-        const XSK_SLOTS: &str = "xsk_slots";
-        let Some(map) = self.ebpf.map_mut(XSK_SLOTS) else {
-            self.register_xsk(queue, fd)?;
-            return Ok(false);
-        };
+    ) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::XSK_SLOTS)
+            .ok_or(DataplaneError::Missing {
+                kind: "map",
+                name: maps::XSK_SLOTS,
+            })?;
         let slot = self
             .attachments
             .iter()
@@ -386,12 +381,11 @@ impl Dataplane {
                 ))
             })?;
         let mut slots: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)
-            .map_err(|e| DataplaneError::map("xsk_slots", "opening", e))?;
+            .map_err(|e| DataplaneError::map(maps::XSK_SLOTS, "opening", e))?;
         slots
             .insert(ifindex, slot, 0)
-            .map_err(|e| DataplaneError::map("xsk_slots", "setting an interface slot", e))?;
-        self.register_xsk(slot * abi::MAX_QUEUES + queue, fd)?;
-        Ok(true)
+            .map_err(|e| DataplaneError::map(maps::XSK_SLOTS, "setting an interface slot", e))?;
+        self.register_xsk(slot * abi::MAX_QUEUES + queue, fd)
     }
 
     /// A duplicate of the `flows` map's file descriptor, for readers outside the `Dataplane`

@@ -114,6 +114,15 @@ static __always_inline int source_ok(struct sluice_flow_rule *rule, __u32 saddr,
  */
 static __always_inline int to_userspace(struct xdp_md *ctx, struct bpf_fib_lookup *fib)
 {
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 queue = ctx->rx_queue_index;
+	__u32 *slot = bpf_map_lookup_elem(&xsk_slots, &ifindex);
+
+	/* A socket serves one queue of one interface: find the slot of this interface's. */
+	if (!slot || *slot >= SLUICE_MAX_IFACES || queue >= SLUICE_MAX_QUEUES)
+		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
+	__u32 key = *slot * SLUICE_MAX_QUEUES + queue;
+
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct sluice_xsk_meta)))
 		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
 
@@ -125,7 +134,7 @@ static __always_inline int to_userspace(struct xdp_md *ctx, struct bpf_fib_looku
 	__builtin_memcpy(meta->dst_mac, fib->dmac, ETH_ALEN);
 	__builtin_memcpy(meta->src_mac, fib->smac, ETH_ALEN);
 	meta->egress_ifindex = fib->ifindex;
-	if (bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP) != XDP_REDIRECT)
+	if (bpf_redirect_map(&xsks, key, XDP_DROP) != XDP_REDIRECT)
 		return verdict(SLUICE_CNT_DROP_NO_XSK, XDP_DROP);
 	return verdict(SLUICE_CNT_USERSPACE, XDP_REDIRECT);
 }

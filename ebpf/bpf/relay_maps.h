@@ -49,13 +49,23 @@ struct {
 	__uint(max_entries, SLUICE_MAX_LOCAL_ADDRS);
 } local_addrs SEC(".maps");
 
-/* AF_XDP sockets by receive queue, for streams forwarded in userspace. */
+/* AF_XDP sockets for streams forwarded in userspace, by interface slot and receive queue:
+ * key = xsk_slots[ingress ifindex] * SLUICE_MAX_QUEUES + rx_queue_index. A socket is bound to one
+ * (interface, queue), and the kernel refuses a redirect into a socket bound elsewhere. */
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, SLUICE_MAX_QUEUES);
+	__uint(max_entries, SLUICE_MAX_XSKS);
 } xsks SEC(".maps");
+
+/* Slot (< SLUICE_MAX_IFACES) of each interface that has AF_XDP sockets, keyed by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, SLUICE_MAX_IFACES);
+} xsk_slots SEC(".maps");
 
 /* Interfaces the relay may redirect to, keyed by ifindex. */
 struct {

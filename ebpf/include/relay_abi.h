@@ -28,6 +28,9 @@ typedef uint64_t __u64;
 #define SLUICE_MAX_IFACES 64
 #define SLUICE_MAX_LOCAL_ADDRS 256
 #define SLUICE_MAX_QUEUES 64
+/* Entries of the `xsks` map: an AF_XDP socket is bound to one queue of one interface, so the map is
+ * keyed by interface slot (`xsk_slots`) and queue: slot * SLUICE_MAX_QUEUES + rx_queue_index. */
+#define SLUICE_MAX_XSKS (SLUICE_MAX_IFACES * SLUICE_MAX_QUEUES)
 
 /* TTL given to every packet the relay sends: it re-originates the stream, it does not route it. */
 #define SLUICE_RELAY_TTL 64

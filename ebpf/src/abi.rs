@@ -14,6 +14,8 @@ pub const MAX_IFACES: u32 = 64;
 pub const MAX_LOCAL_ADDRS: u32 = 256;
 /// Capacity of the `xsks` map: receive queues per interface that AF_XDP can serve.
 pub const MAX_QUEUES: u32 = 64;
+/// Capacity of the `xsks` map: key = interface slot (`xsk_slots`) * [`MAX_QUEUES`] + queue.
+pub const MAX_XSKS: u32 = MAX_IFACES * MAX_QUEUES;
 /// TTL of every packet the relay sends.
 pub const RELAY_TTL: u8 = 64;
 

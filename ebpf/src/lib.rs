@@ -30,8 +30,12 @@ pub mod maps {
     pub const LOCAL_ADDRS: &str = "local_addrs";
     /// `DEVMAP_HASH`: ifindex → `bpf_devmap_val`.
     pub const TX_PORTS: &str = "tx_ports";
-    /// `XSKMAP`: receive queue → AF_XDP socket.
+    /// `XSKMAP`: interface slot * [`MAX_QUEUES`](crate::abi::MAX_QUEUES) + receive queue →
+    /// AF_XDP socket.
     pub const XSKS: &str = "xsks";
+    /// `HASH`: ifindex → the interface's slot in `xsks` (below
+    /// [`MAX_IFACES`](crate::abi::MAX_IFACES)).
+    pub const XSK_SLOTS: &str = "xsk_slots";
 }
 
 /// Names of the programs in [`RELAY_OBJECT`].

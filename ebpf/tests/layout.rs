@@ -97,6 +97,7 @@ fn constants_match_the_header() {
     value("SLUICE_RULE_DST_PENDING", abi::RULE_DST_PENDING.into());
     value("SLUICE_RULE_USERSPACE", abi::RULE_USERSPACE.into());
     value("SLUICE_MAX_QUEUES", abi::MAX_QUEUES.into());
+    value("SLUICE_MAX_XSKS", abi::MAX_XSKS.into());
     value("SLUICE_LATCH_WAITING", abi::LATCH_WAITING.into());
     value("SLUICE_LATCH_LEARNED", abi::LATCH_LEARNED.into());
     value("SLUICE_CNT_DROP_MAX_REASON", abi::DROP_MAX_REASON.into());
@@ -154,8 +155,9 @@ fn compiled_maps_match_the_rust_types() {
     expect(maps::LOCAL_ADDRS, 4, 4, abi::MAX_LOCAL_ADDRS);
     // struct bpf_devmap_val: ifindex and a program fd/id union.
     expect(maps::TX_PORTS, 4, 8, abi::MAX_IFACES);
-    expect(maps::XSKS, 4, 4, abi::MAX_QUEUES);
-    assert_eq!(object.maps.len(), 7, "a map was added without a check here");
+    expect(maps::XSKS, 4, 4, abi::MAX_XSKS);
+    expect(maps::XSK_SLOTS, 4, 4, abi::MAX_IFACES);
+    assert_eq!(object.maps.len(), 8, "a map was added without a check here");
 
     for program in [sluice_ebpf::programs::RELAY, sluice_ebpf::programs::PASS] {
         assert!(
