@@ -92,3 +92,104 @@ impl Forwarder for crate::Dataplane {
         crate::Dataplane::counters(self)
     }
 }
+
+/// Which path to start: one of the three, or `Auto`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// XDP when the program attaches natively to every relay interface, sockets otherwise.
+    #[default]
+    Auto,
+    /// Exactly this path, or an error.
+    Only(BackendKind),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            other => other
+                .parse()
+                .map(BackendChoice::Only)
+                .map_err(|e: String| format!("{e}, or auto")),
+        }
+    }
+}
+
+/// Everything the three paths need to start.
+#[derive(Clone, Debug, Default)]
+pub struct ForwarderConfig {
+    /// Interfaces the relay serves (XDP and AF_XDP attach to them; sockets need none).
+    pub ifaces: Vec<String>,
+    pub xdp: crate::DataplaneConfig,
+    pub afxdp: crate::AfXdpConfig,
+    pub sockets: crate::SocketRelayConfig,
+}
+
+/// A started path, and why it was chosen.
+pub struct StartedForwarder {
+    pub forwarder: Box<dyn Forwarder>,
+    pub kind: BackendKind,
+    /// One sentence for the log and the operator: which path, and why.
+    pub reason: String,
+}
+
+/// Starts the chosen path. Call it from a thread in the relay's network namespace: interfaces
+/// resolve there, and the socket path binds there.
+pub fn start_forwarder(
+    choice: BackendChoice,
+    config: &ForwarderConfig,
+) -> Result<StartedForwarder, DataplaneError> {
+    let started = |forwarder: Box<dyn Forwarder>, kind: BackendKind, reason: String| {
+        tracing::info!(backend = kind.name(), %reason, "forwarding path started");
+        Ok(StartedForwarder {
+            forwarder,
+            kind,
+            reason,
+        })
+    };
+    match choice {
+        BackendChoice::Only(BackendKind::Sockets) => started(
+            Box::new(crate::SocketRelay::start(config.sockets.clone())?),
+            BackendKind::Sockets,
+            "sockets, as configured".into(),
+        ),
+        BackendChoice::Only(kind) => {
+            let dataplane = attach_natively(config)?;
+            match kind {
+                BackendKind::AfXdp => started(
+                    Box::new(crate::AfXdpRelay::start(dataplane, config.afxdp.clone())?),
+                    kind,
+                    "AF_XDP, as configured".into(),
+                ),
+                _ => started(Box::new(dataplane), kind, "XDP, as configured".into()),
+            }
+        }
+        BackendChoice::Auto => match attach_natively(config) {
+            Ok(dataplane) => started(
+                Box::new(dataplane),
+                BackendKind::Xdp,
+                format!("XDP: attached natively to {}", config.ifaces.join(", ")),
+            ),
+            Err(why) => started(
+                Box::new(crate::SocketRelay::start(config.sockets.clone())?),
+                BackendKind::Sockets,
+                format!("sockets: XDP is not possible here ({why})"),
+            ),
+        },
+    }
+}
+
+fn attach_natively(config: &ForwarderConfig) -> Result<crate::Dataplane, DataplaneError> {
+    if config.ifaces.is_empty() {
+        return Err(DataplaneError::InvalidConfig(
+            "the XDP paths need at least one relay interface".into(),
+        ));
+    }
+    let mut dataplane = crate::Dataplane::load(&config.xdp)?;
+    for iface in &config.ifaces {
+        dataplane.attach(iface, crate::AttachMode::Native)?;
+    }
+    Ok(dataplane)
+}

@@ -16,7 +16,9 @@ pub mod testbed;
 mod xdp;
 
 pub use afxdp::{AfXdpConfig, AfXdpRelay, XskMode, XskSocket};
-pub use backend::{BackendKind, Forwarder};
+pub use backend::{
+    start_forwarder, BackendChoice, BackendKind, Forwarder, ForwarderConfig, StartedForwarder,
+};
 pub use error::DataplaneError;
 pub use rules::{bidirectional, Leg, Peer, StreamId, StreamRule};
 pub use sluice_ebpf::abi::Counter;

@@ -5,7 +5,10 @@
 use std::net::Ipv4Addr;
 
 use crate::netns::{NetNs, NetnsError, OneArm, TwoArm};
-use crate::{AttachMode, AttachedMode, Dataplane, DataplaneConfig, DataplaneError, PassProgram};
+use crate::{
+    start_forwarder, AttachMode, AttachedMode, BackendChoice, Dataplane, DataplaneConfig,
+    DataplaneError, ForwarderConfig, PassProgram, StartedForwarder,
+};
 
 /// The shape of the test network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,5 +198,17 @@ impl Testbed {
             Ok((dataplane, modes))
         })??;
         Ok(started)
+    }
+
+    /// Starts a forwarding path in the relay namespace on the relay's interfaces: XDP, AF_XDP,
+    /// sockets, or the automatic choice. Rules must then be installed from a thread in the relay
+    /// namespace too (the socket path binds there): use `bed.relay().run(...)`.
+    pub fn start_forwarder(
+        &self,
+        choice: BackendChoice,
+        mut config: ForwarderConfig,
+    ) -> Result<StartedForwarder, TestbedError> {
+        config.ifaces = self.relay_ifaces().iter().map(|i| i.to_string()).collect();
+        Ok(self.relay().run(|| start_forwarder(choice, &config))??)
     }
 }

@@ -1,13 +1,16 @@
-//! End to end through the XDP relay: a caller and a callee in their own namespaces exchange UDP
-//! through the relay namespace, over real veth pairs, in both topologies. The receivers check the
-//! rewritten addresses and the payload, and the relay's counters must equal what was received.
+//! End to end through each forwarding path (XDP, AF_XDP, sockets): a caller and a callee in
+//! their own namespaces exchange UDP through the relay namespace, over real veth pairs, in both
+//! topologies. The receivers check the rewritten addresses and the payload, and the relay's
+//! counters must equal what was received.
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
+use sluice_dataplane::netns::NetNs;
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
 use sluice_dataplane::{
-    bidirectional, AttachMode, AttachedMode, Counter, DataplaneConfig, Leg, Peer, StreamRule,
+    bidirectional, BackendChoice, BackendKind, Counter, DataplaneConfig, Forwarder,
+    ForwarderConfig, Leg, Peer, StreamId, StreamRule,
 };
 
 const PACKETS: usize = 300;
@@ -25,7 +28,47 @@ fn privileged() -> bool {
     }
 }
 
-fn bind(ns: &sluice_dataplane::netns::NetNs, addr: SocketAddrV4) -> UdpSocket {
+/// A forwarding path running in a testbed's relay namespace.
+struct Relay<'a> {
+    bed: &'a Testbed,
+    forwarder: Box<dyn Forwarder>,
+}
+
+impl<'a> Relay<'a> {
+    fn start(bed: &'a Testbed, kind: BackendKind) -> Self {
+        let config = ForwarderConfig {
+            xdp: DataplaneConfig {
+                relay_ports: 30000..=30999,
+                max_streams: 256,
+            },
+            ..ForwarderConfig::default()
+        };
+        let started = bed
+            .start_forwarder(BackendChoice::Only(kind), config)
+            .unwrap_or_else(|e| panic!("starting {}: {e}", kind.name()));
+        assert_eq!(started.kind, kind);
+        Relay {
+            bed,
+            forwarder: started.forwarder,
+        }
+    }
+
+    /// Rules are installed from the relay namespace: the socket path binds there.
+    fn install(&mut self, rule: &StreamRule) -> StreamId {
+        let forwarder = &mut self.forwarder;
+        self.bed
+            .relay()
+            .run(|| forwarder.install(rule))
+            .expect("namespace")
+            .expect("install")
+    }
+
+    fn counters(&self) -> sluice_dataplane::CounterSnapshot {
+        self.forwarder.counters().expect("counters")
+    }
+}
+
+fn bind(ns: &NetNs, addr: SocketAddrV4) -> UdpSocket {
     let socket = ns
         .run(move || UdpSocket::bind(addr))
         .expect("enter namespace")
@@ -71,20 +114,16 @@ fn exchange(
     Ok(bytes)
 }
 
-fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
+fn nothing_arrives(socket: &UdpSocket) -> bool {
+    socket.recv_from(&mut [0u8; 64]).is_err()
+}
+
+fn relay_call(kind: BackendKind, topology: TopologyKind, caller_behind_nat: bool, strict: bool) {
     if !privileged() {
         return;
     }
-    let bed = Testbed::build(kind, "e2e").expect("testbed");
-    let config = DataplaneConfig {
-        relay_ports: 30000..=30999,
-        max_streams: 256,
-    };
-    let (mut dataplane, modes) = bed.start_relay(&config, AttachMode::Native).expect("relay");
-    assert!(
-        modes.iter().all(|m| *m == AttachedMode::Native),
-        "veth supports native XDP"
-    );
+    let bed = Testbed::build(topology, "e2e").expect("testbed");
+    let mut relay = Relay::start(&bed, kind);
 
     let caller = SocketAddrV4::new(bed.caller_addr(), CALLER_PORT);
     let callee = SocketAddrV4::new(bed.callee_addr(), CALLEE_PORT);
@@ -106,9 +145,9 @@ fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
         },
         strict,
     );
-    let forward = dataplane.install(&a_to_b).expect("install a->b");
-    let backward = dataplane.install(&b_to_a).expect("install b->a");
-    let before = dataplane.counters().expect("counters");
+    let forward = relay.install(&a_to_b);
+    let backward = relay.install(&b_to_a);
+    let before = relay.counters();
 
     let caller_socket = bind(bed.caller(), caller);
     let callee_socket = bind(bed.callee(), callee);
@@ -116,19 +155,25 @@ fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
         // Until the caller speaks, the relay does not know where to send the callee's media.
         callee_socket.send_to(b"too early", relay_b).expect("send");
         assert!(
-            caller_socket.recv_from(&mut [0u8; 64]).is_err(),
+            nothing_arrives(&caller_socket),
             "nothing reaches the caller yet"
         );
-        assert_eq!(dataplane.latched_peer(forward).expect("rule"), None);
+        assert_eq!(relay.forwarder.latched_peer(forward).expect("rule"), None);
     }
-    let explain = |e: String| panic!("{e}; relay counters: {:?}", dataplane.counters());
+    let explain = |e: String| {
+        panic!(
+            "{}: {e}; relay counters: {:?}",
+            kind.name(),
+            relay.counters()
+        )
+    };
     let forward_bytes =
         exchange(&caller_socket, relay_a, &callee_socket, relay_b, 1).unwrap_or_else(explain);
     let backward_bytes =
         exchange(&callee_socket, relay_b, &caller_socket, relay_a, 2).unwrap_or_else(explain);
 
-    let f = dataplane.stream_counters(forward).expect("counters");
-    let b = dataplane.stream_counters(backward).expect("counters");
+    let f = relay.forwarder.stream_counters(forward).expect("counters");
+    let b = relay.forwarder.stream_counters(backward).expect("counters");
     assert_eq!(
         (f.packets, f.bytes),
         (PACKETS as u64, forward_bytes),
@@ -141,26 +186,57 @@ fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
     );
     assert!(f.last_seen.is_some() && b.last_seen.is_some());
     if caller_behind_nat {
-        assert_eq!(dataplane.latched_peer(forward).expect("rule"), Some(caller));
+        assert_eq!(
+            relay.forwarder.latched_peer(forward).expect("rule"),
+            Some(caller)
+        );
     }
 
-    let delta = dataplane.counters().expect("counters").since(&before);
-    let forwarded =
-        delta.get(Counter::Tx) + delta.get(Counter::Redirect) + delta.get(Counter::PassNoNeigh);
+    // Every path counts its forwarded packets; the kernel's first packet each way may go
+    // through the stack while the neighbour is resolved. A userspace path counts a packet once
+    // its send returned, which can be just after the receiver has it.
+    let forwarded_of = |delta: &sluice_dataplane::CounterSnapshot| {
+        delta.get(Counter::Tx) + delta.get(Counter::Redirect) + delta.get(Counter::PassNoNeigh)
+    };
+    let mut delta = relay.counters().since(&before);
+    for _ in 0..50 {
+        if forwarded_of(&delta) >= 2 * PACKETS as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        delta = relay.counters().since(&before);
+    }
+    let forwarded = forwarded_of(&delta);
     assert_eq!(
         forwarded,
         2 * PACKETS as u64,
         "every packet forwarded once: {delta:?}"
     );
-    let in_kernel = match kind {
-        TopologyKind::TwoArm => delta.get(Counter::Redirect),
-        TopologyKind::OneArm => delta.get(Counter::Tx),
-    };
-    // The first packet each way may go through the stack while the neighbour is resolved.
-    assert!(
-        in_kernel >= 2 * PACKETS as u64 - 4,
-        "forwarded in XDP: {delta:?}"
-    );
+    match kind {
+        BackendKind::Xdp => {
+            let in_kernel = match topology {
+                TopologyKind::TwoArm => delta.get(Counter::Redirect),
+                TopologyKind::OneArm => delta.get(Counter::Tx),
+            };
+            assert!(
+                in_kernel >= 2 * PACKETS as u64 - 4,
+                "forwarded in XDP: {delta:?}"
+            );
+        }
+        BackendKind::AfXdp => {
+            // What the kernel handed to the workers, the workers sent.
+            assert!(
+                delta.get(Counter::Userspace) >= 2 * PACKETS as u64 - 4,
+                "{delta:?}"
+            );
+            assert_eq!(
+                delta.get(Counter::Userspace),
+                delta.get(Counter::Tx),
+                "{delta:?}"
+            );
+        }
+        BackendKind::Sockets => assert_eq!(delta.get(Counter::Tx), 2 * PACKETS as u64),
+    }
     let expected_pending = u64::from(caller_behind_nat);
     assert_eq!(
         delta.get(Counter::DropDstPending),
@@ -175,13 +251,13 @@ fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
             bed.caller(),
             SocketAddrV4::new(bed.caller_addr(), CALLER_PORT + 2),
         );
-        let drops_before = dataplane.counters().expect("counters");
+        let drops_before = relay.counters();
         intruder.send_to(b"injected", relay_a).expect("send");
         assert!(
-            callee_socket.recv_from(&mut [0u8; 64]).is_err(),
+            nothing_arrives(&callee_socket),
             "strict source must drop it"
         );
-        let drops = dataplane.counters().expect("counters").since(&drops_before);
+        let drops = relay.counters().since(&drops_before);
         assert_eq!(drops.get(Counter::DropSourceMismatch), 1, "{drops:?}");
     }
 
@@ -197,69 +273,119 @@ fn relay_call(kind: TopologyKind, caller_behind_nat: bool, strict: bool) {
         ])
         .expect("the relay's own address answers ping");
 
-    let final_counters = dataplane.remove(forward).expect("remove");
+    let final_counters = relay.forwarder.remove(forward).expect("remove");
     assert_eq!(final_counters.packets, PACKETS as u64);
     caller_socket
         .send_to(b"after the call", relay_a)
         .expect("send");
     assert!(
-        callee_socket.recv_from(&mut [0u8; 64]).is_err(),
+        nothing_arrives(&callee_socket),
         "a removed stream is not relayed"
     );
-    drop(dataplane);
 }
 
-#[test]
-fn two_arm_redirects_between_interfaces() {
-    relay_call(TopologyKind::TwoArm, false, false);
+macro_rules! call_tests {
+    ($($name:ident: $kind:expr, $topology:expr, $nat:expr, $strict:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                relay_call($kind, $topology, $nat, $strict);
+            }
+        )*
+    };
 }
 
-#[test]
-fn one_arm_transmits_on_the_same_interface() {
-    relay_call(TopologyKind::OneArm, false, false);
+call_tests! {
+    xdp_two_arm: BackendKind::Xdp, TopologyKind::TwoArm, false, false;
+    xdp_one_arm: BackendKind::Xdp, TopologyKind::OneArm, false, false;
+    xdp_two_arm_latching_strict: BackendKind::Xdp, TopologyKind::TwoArm, true, true;
+    xdp_one_arm_latching: BackendKind::Xdp, TopologyKind::OneArm, true, false;
+    afxdp_two_arm: BackendKind::AfXdp, TopologyKind::TwoArm, false, false;
+    afxdp_one_arm: BackendKind::AfXdp, TopologyKind::OneArm, false, false;
+    afxdp_two_arm_latching_strict: BackendKind::AfXdp, TopologyKind::TwoArm, true, true;
+    afxdp_one_arm_latching: BackendKind::AfXdp, TopologyKind::OneArm, true, false;
+    sockets_two_arm: BackendKind::Sockets, TopologyKind::TwoArm, false, false;
+    sockets_one_arm: BackendKind::Sockets, TopologyKind::OneArm, false, false;
+    sockets_two_arm_latching_strict: BackendKind::Sockets, TopologyKind::TwoArm, true, true;
+    sockets_one_arm_latching: BackendKind::Sockets, TopologyKind::OneArm, true, false;
 }
 
-#[test]
-fn two_arm_latches_a_caller_behind_nat() {
-    relay_call(TopologyKind::TwoArm, true, true);
-}
-
-#[test]
-fn one_arm_latches_a_caller_behind_nat() {
-    relay_call(TopologyKind::OneArm, true, false);
-}
-
-#[test]
-fn fixed_rule_without_reverse_is_one_way() {
+fn one_way(kind: BackendKind) {
     if !privileged() {
         return;
     }
     let bed = Testbed::build(TopologyKind::TwoArm, "oneway").expect("testbed");
-    let config = DataplaneConfig {
-        relay_ports: 30000..=30999,
-        max_streams: 16,
-    };
-    let (mut dataplane, _) = bed.start_relay(&config, AttachMode::Auto).expect("relay");
+    let mut relay = Relay::start(&bed, kind);
     let callee = SocketAddrV4::new(bed.callee_addr(), CALLEE_PORT);
     let relay_a = SocketAddrV4::new(bed.relay_caller_addr(), 30100);
     let relay_b = SocketAddrV4::new(bed.relay_callee_addr(), 30102);
-    let id = dataplane
-        .install(&StreamRule::fixed(relay_a, relay_b, callee))
-        .expect("install");
+    let id = relay.install(&StreamRule::fixed(relay_a, relay_b, callee));
     let caller_socket = bind(
         bed.caller(),
         SocketAddrV4::new(bed.caller_addr(), CALLER_PORT),
     );
     let callee_socket = bind(bed.callee(), callee);
     let bytes = exchange(&caller_socket, relay_a, &callee_socket, relay_b, 3)
-        .unwrap_or_else(|e| panic!("{e}; relay counters: {:?}", dataplane.counters()));
-    let counters = dataplane.stream_counters(id).expect("counters");
+        .unwrap_or_else(|e| panic!("{e}; relay counters: {:?}", relay.counters()));
+    let counters = relay.forwarder.stream_counters(id).expect("counters");
     assert_eq!((counters.packets, counters.bytes), (PACKETS as u64, bytes));
 
     // The reverse direction has no rule: a relay port with no rule on a relay address is dropped.
-    let before = dataplane.counters().expect("counters");
+    let before = relay.counters();
     callee_socket.send_to(b"no rule", relay_b).expect("send");
-    assert!(caller_socket.recv_from(&mut [0u8; 64]).is_err());
-    let delta = dataplane.counters().expect("counters").since(&before);
+    assert!(nothing_arrives(&caller_socket));
+    let delta = relay.counters().since(&before);
     assert_eq!(delta.get(Counter::DropUnknownPort), 1, "{delta:?}");
+}
+
+#[test]
+fn xdp_fixed_rule_without_reverse_is_one_way() {
+    one_way(BackendKind::Xdp);
+}
+
+#[test]
+fn afxdp_fixed_rule_without_reverse_is_one_way() {
+    one_way(BackendKind::AfXdp);
+}
+
+#[test]
+fn sockets_fixed_rule_without_reverse_is_one_way() {
+    one_way(BackendKind::Sockets);
+}
+
+#[test]
+fn auto_picks_xdp_where_it_attaches_natively() {
+    if !privileged() {
+        return;
+    }
+    let bed = Testbed::build(TopologyKind::OneArm, "auto").expect("testbed");
+    let started = bed
+        .start_forwarder(BackendChoice::Auto, ForwarderConfig::default())
+        .expect("start");
+    assert_eq!(started.kind, BackendKind::Xdp, "{}", started.reason);
+    assert!(started.reason.contains("natively"), "{}", started.reason);
+}
+
+#[test]
+fn auto_falls_back_to_sockets_and_says_why() {
+    if !privileged() {
+        return;
+    }
+    // An interface that does not exist cannot take XDP; the sockets need none.
+    let bed = Testbed::build(TopologyKind::OneArm, "autofb").expect("testbed");
+    let config = ForwarderConfig {
+        ifaces: vec!["nosuch0".into()],
+        ..ForwarderConfig::default()
+    };
+    let started = bed
+        .relay()
+        .run(|| sluice_dataplane::start_forwarder(BackendChoice::Auto, &config))
+        .expect("namespace")
+        .expect("start");
+    assert_eq!(started.kind, BackendKind::Sockets);
+    assert!(
+        started.reason.contains("nosuch0"),
+        "the reason names the cause: {}",
+        started.reason
+    );
 }
