@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use sluice_dataplane::netns::NetNs;
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
-use sluice_dataplane::{bidirectional, AttachMode, DataplaneConfig, Leg, Peer, StreamId};
+use sluice_dataplane::{
+    bidirectional, BackendChoice, DataplaneConfig, ForwarderConfig, Leg, Peer, StreamId,
+};
 
 /// Options of `sluice demo`.
 #[derive(Args, Debug)]
@@ -24,6 +26,9 @@ pub struct DemoArgs {
     /// `two-arm` (XDP_REDIRECT between two interfaces) or `one-arm` (XDP_TX on one).
     #[arg(long, default_value = "two-arm")]
     topology: TopologyKind,
+    /// Forwarding path: `auto`, `xdp`, `afxdp` or `sockets`.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
 }
 
 const PACKET_INTERVAL: Duration = Duration::from_millis(20);
@@ -45,23 +50,23 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     sluice_dataplane::netns::can_create_netns()
         .map_err(|why| anyhow::anyhow!("the demo builds network namespaces: {why}"))?;
     let bed = Testbed::build(args.topology, "demo").context("building the demo namespaces")?;
-    let config = DataplaneConfig {
-        relay_ports: 30000..=30999,
-        max_streams: 64,
+    let config = ForwarderConfig {
+        xdp: DataplaneConfig {
+            relay_ports: 30000..=30999,
+            max_streams: 64,
+        },
+        ..ForwarderConfig::default()
     };
-    let (mut dataplane, modes) = bed
-        .start_relay(&config, AttachMode::Auto)
-        .context("starting the XDP relay")?;
+    let started = bed
+        .start_forwarder(args.backend, config)
+        .context("starting the forwarding path")?;
     println!(
-        "relay attached to {} ({}), topology {}",
+        "relay on {} in topology {}: {}",
         bed.relay_ifaces().join(", "),
-        modes
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.topology.name()
+        args.topology.name(),
+        started.reason
     );
+    let mut relay = started.forwarder;
 
     let mut streams = Vec::new();
     for call in 0..2usize {
@@ -87,8 +92,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             },
             false,
         );
-        let forward = dataplane.install(&a_to_b)?;
-        let backward = dataplane.install(&b_to_a)?;
+        // The socket path binds its ports in the relay's namespace.
+        let (forward, backward) = bed
+            .relay()
+            .run(|| -> Result<_> { Ok((relay.install(&a_to_b)?, relay.install(&b_to_a)?)) })??;
         let caller_socket = bind(bed.caller(), caller)?;
         let callee_socket = bind(bed.callee(), callee)?;
         streams.push(Stream {
@@ -155,8 +162,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     let mut mismatch = false;
     for (s, (got_packets, got_bytes)) in streams.iter().zip(&received) {
-        let counters = dataplane.stream_counters(s.id)?;
-        let latched = match dataplane.latched_peer(s.id)? {
+        let counters = relay.stream_counters(s.id)?;
+        let latched = match relay.latched_peer(s.id)? {
             Some(peer) => peer.to_string(),
             None => "-".into(),
         };
@@ -174,9 +181,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             got_packets
         );
     }
-    let counters = dataplane.counters()?;
+    let counters = relay.counters()?;
     println!();
-    println!("relay program counters:");
+    println!("relay counters ({}):", relay.kind().name());
     for (counter, value) in counters.iter().filter(|(_, v)| *v > 0) {
         println!("  {:<22} {value}", counter.name());
     }
