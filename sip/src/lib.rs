@@ -1,5 +1,11 @@
 //! Sans-IO SIP and SDP for Sluice.
 //!
 //! This crate is fed bytes and `now` and returns transmits, events and the next timeout; it owns no
-//! sockets and reads no clock. The SIP proxy and SDP rewriting arrive with their issues; this skeleton
-//! keeps the workspace's shape.
+//! sockets, does no I/O and reads no clock. Everything here is a pure function of its arguments.
+//!
+//! - [`sdp`]: lossless SDP parsing and printing, a typed view of the media, and the NAT-traversal
+//!   rewrite that points media at the relay.
+//!
+//! The SIP proxy arrives with its issues.
+
+pub mod sdp;
