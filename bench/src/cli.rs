@@ -26,8 +26,14 @@ pub enum Command {
 /// Relay implementation under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
-    /// The XDP forwarding plane.
+    /// The XDP program forwards in the kernel.
     Xdp,
+    /// The XDP program hands the packets to AF_XDP sockets; userspace workers forward them.
+    Afxdp,
+    /// Plain UDP sockets with recvmmsg/sendmmsg in one worker thread.
+    Sockets,
+    /// The three, one after the other with the same arguments, side by side.
+    All,
 }
 
 impl Backend {
@@ -35,8 +41,32 @@ impl Backend {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Xdp => "xdp",
+            Self::Afxdp => "afxdp",
+            Self::Sockets => "sockets",
+            Self::All => "all",
         }
     }
+
+    /// The single backends this selection runs, in order.
+    pub fn expand(self) -> &'static [Backend] {
+        match self {
+            Self::Xdp => &[Self::Xdp],
+            Self::Afxdp => &[Self::Afxdp],
+            Self::Sockets => &[Self::Sockets],
+            Self::All => &[Self::Xdp, Self::Afxdp, Self::Sockets],
+        }
+    }
+}
+
+/// Where the AF_XDP workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Pinning {
+    /// Pin each worker to the core the host's core plan gives its queue (the `default` profile);
+    /// unpinned when the plan has none.
+    #[default]
+    Plan,
+    /// Leave the workers to the scheduler.
+    None,
 }
 
 /// How the caller's packets are produced.
@@ -83,7 +113,7 @@ impl Topology {
 /// Arguments of `sluice-bench streams`.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct StreamsArgs {
-    /// Relay backend to measure.
+    /// Relay backend to measure; `all` runs the three in sequence and prints them side by side.
     #[arg(long, value_enum)]
     pub backend: Backend,
     /// Number of concurrent streams (each 50 packets/s of 172-byte RTP).
@@ -101,6 +131,9 @@ pub struct StreamsArgs {
     /// Packet generator.
     #[arg(long, value_enum, default_value_t = Generator::Xdp)]
     pub generator: Generator,
+    /// AF_XDP worker placement (the `afxdp` backend only).
+    #[arg(long, value_enum, default_value_t = Pinning::Plan)]
+    pub pin: Pinning,
 }
 
 #[cfg(test)]
@@ -133,6 +166,7 @@ mod tests {
                 json: true,
                 topology: Topology::OneArm,
                 generator: Generator::Xdp,
+                pin: Pinning::Plan,
             }
         );
     }
@@ -154,6 +188,24 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn every_backend_parses() {
+        for (name, backend) in [
+            ("xdp", Backend::Xdp),
+            ("afxdp", Backend::Afxdp),
+            ("sockets", Backend::Sockets),
+            ("all", Backend::All),
+        ] {
+            let cli =
+                Cli::try_parse_from(["sluice-bench", "streams", "--backend", name]).expect("parse");
+            let Command::Streams(a) = cli.command;
+            assert_eq!(a.backend, backend);
+            assert_eq!(backend.as_str(), name);
+        }
+        assert_eq!(Backend::All.expand().len(), 3);
+        assert_eq!(Backend::Sockets.expand(), &[Backend::Sockets]);
     }
 
     #[test]

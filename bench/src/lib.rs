@@ -18,11 +18,12 @@ pub mod cli;
 pub mod clock;
 pub mod generator;
 pub mod receiver;
+pub mod relay_backend;
 pub mod report;
 pub mod rtp;
 pub mod session;
 mod sys;
-pub mod xdp_backend;
+pub mod threads;
 pub mod xdpgen;
 
 pub use cli::StreamsArgs;

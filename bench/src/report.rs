@@ -20,6 +20,11 @@ pub struct RelayCounters {
     /// Relay processing cost per packet in nanoseconds (e.g. XDP run time
     /// from BPF stats divided by packets), if measured.
     pub ns_per_packet: Option<f64>,
+    /// The part of `ns_per_packet` spent in the kernel's relay program (BPF run time), if any.
+    pub kernel_ns_per_packet: Option<f64>,
+    /// The part of `ns_per_packet` spent in the relay's userspace threads (their CPU time,
+    /// system calls included), if any.
+    pub user_ns_per_packet: Option<f64>,
 }
 
 /// Result of one `streams` run.
@@ -69,6 +74,15 @@ pub struct StreamsReport {
     /// Relay cost per forwarded packet in nanoseconds, or `null` if the
     /// backend does not measure it.
     pub relay_ns_per_packet: Option<f64>,
+    /// The kernel program's part of `relay_ns_per_packet` (BPF run time per run: the whole
+    /// relay for `xdp`, the hand-off to the workers for `afxdp`), `null` for `sockets`.
+    #[serde(default)]
+    pub relay_kernel_ns_per_packet: Option<f64>,
+    /// The userspace threads' part of `relay_ns_per_packet` (their CPU time, user and system,
+    /// per forwarded packet: the `afxdp-q*` workers or the `sluice-sockets` worker), `null` for
+    /// `xdp`.
+    #[serde(default)]
+    pub relay_user_ns_per_packet: Option<f64>,
     /// Packets the relay reports forwarding, or `null` if unavailable.
     pub relay_packets: Option<u64>,
     /// Bytes the relay reports forwarding, or `null` if unavailable.
@@ -131,6 +145,8 @@ impl StreamsReport {
             latency_us: r.latency_summary(),
             bytes_received: r.bytes,
             relay_ns_per_packet: relay.and_then(|c| c.ns_per_packet),
+            relay_kernel_ns_per_packet: relay.and_then(|c| c.kernel_ns_per_packet),
+            relay_user_ns_per_packet: relay.and_then(|c| c.user_ns_per_packet),
             relay_packets: relay.map(|c| c.packets),
             relay_bytes: relay.map(|c| c.bytes),
             counters_match,
@@ -152,6 +168,11 @@ impl StreamsReport {
 
 fn opt<T: fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "n/a".to_owned(), |v| v.to_string())
+}
+
+/// Nanoseconds with one decimal, or `n/a`.
+pub(crate) fn ns(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"))
 }
 
 impl fmt::Display for StreamsReport {
@@ -198,8 +219,17 @@ impl fmt::Display for StreamsReport {
             f,
             "  {:<22}{:>14}",
             "relay ns/packet",
-            self.relay_ns_per_packet
-                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"))
+            ns(self.relay_ns_per_packet)
+        )?;
+        writeln!(
+            f,
+            "  {:<22}{:>14}",
+            "  kernel/user",
+            format!(
+                "{}/{}",
+                ns(self.relay_kernel_ns_per_packet),
+                ns(self.relay_user_ns_per_packet)
+            )
         )?;
         writeln!(
             f,
@@ -224,6 +254,44 @@ impl fmt::Display for StreamsReport {
         }
         writeln!(f)
     }
+}
+
+/// Reports of several backends measured one after the other, as a table with one column each.
+pub fn side_by_side(reports: &[StreamsReport]) -> String {
+    type Row = (&'static str, fn(&StreamsReport) -> String);
+    let rows: [Row; 18] = [
+        ("topology", |r| r.topology.clone()),
+        ("generator", |r| r.generator.clone()),
+        ("streams", |r| r.streams.to_string()),
+        ("sent", |r| r.sent.to_string()),
+        ("received", |r| r.received.to_string()),
+        ("lost", |r| r.lost.to_string()),
+        ("relay drops", |r| opt(r.relay_drops)),
+        ("counters match", |r| r.counters_match.to_string()),
+        ("relay ns/packet", |r| ns(r.relay_ns_per_packet)),
+        ("  kernel (BPF)", |r| ns(r.relay_kernel_ns_per_packet)),
+        ("  user (threads)", |r| ns(r.relay_user_ns_per_packet)),
+        ("latency us p50", |r| r.latency_us.p50.to_string()),
+        ("latency us p99", |r| r.latency_us.p99.to_string()),
+        ("latency us p99.9", |r| r.latency_us.p999.to_string()),
+        ("latency us max", |r| r.latency_us.max.to_string()),
+        ("rate pps achieved", |r| format!("{:.0}", r.achieved_pps)),
+        ("generator cpu s", |r| format!("{:.3}", r.generator_cpu_s)),
+        ("generator saturated", |r| r.generator_saturated.to_string()),
+    ];
+    let mut out = format!("{:<22}", "backend");
+    for r in reports {
+        out.push_str(&format!("{:>14}", r.backend));
+    }
+    out.push('\n');
+    for (name, value) in rows {
+        out.push_str(&format!("{name:<22}"));
+        for r in reports {
+            out.push_str(&format!("{:>14}", value(r)));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -256,6 +324,8 @@ mod tests {
             },
             bytes_received: 999 * 172,
             relay_ns_per_packet: None,
+            relay_kernel_ns_per_packet: None,
+            relay_user_ns_per_packet: None,
             relay_packets: None,
             relay_bytes: None,
             counters_match: false,
@@ -284,6 +354,9 @@ mod tests {
             "loss_ratio",
             "latency_us",
             "relay_ns_per_packet",
+            "relay_kernel_ns_per_packet",
+            "relay_user_ns_per_packet",
+            "relay_drops",
             "counters_match",
             "generator_saturated",
             "generator_cpu_s",
@@ -307,6 +380,18 @@ mod tests {
         let s = r.to_json().expect("json");
         let back: StreamsReport = serde_json::from_str(&s).expect("parse");
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn side_by_side_has_a_column_per_backend() {
+        let mut afxdp = sample();
+        afxdp.backend = "afxdp".into();
+        afxdp.relay_user_ns_per_packet = Some(812.25);
+        let t = side_by_side(&[sample(), afxdp]);
+        let header = t.lines().next().expect("header");
+        assert!(header.contains("xdp") && header.contains("afxdp"), "{t}");
+        assert!(t.contains("812.2") || t.contains("812.3"), "{t}");
+        assert!(t.lines().all(|l| l.len() == 22 + 2 * 14), "{t}");
     }
 
     #[test]

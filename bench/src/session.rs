@@ -274,6 +274,7 @@ mod tests {
             packets: out.receiver.datagrams,
             bytes: out.receiver.bytes,
             ns_per_packet: Some(42.0),
+            ..Default::default()
         };
         let r = StreamsReport::from_outcome("xdp", "two-arm", &out, Some(relay));
         assert!(r.counters_match);

@@ -46,6 +46,9 @@ fn check_clean(report: &Value, backend: &str, streams: u64) {
         "loss_ratio",
         "latency_us",
         "relay_ns_per_packet",
+        "relay_kernel_ns_per_packet",
+        "relay_user_ns_per_packet",
+        "relay_drops",
         "counters_match",
         "generator_saturated",
     ] {
@@ -65,12 +68,33 @@ fn check_clean(report: &Value, backend: &str, streams: u64) {
     assert_eq!(report["received"], report["sent"], "{report}");
     assert_eq!(report["counters_match"], true, "{report}");
     assert_eq!(report["relay_packets"], report["sent"], "{report}");
+    assert_eq!(report["relay_drops"], 0, "{report}");
+    // The cost per packet: the kernel program's (xdp, afxdp), the workers' (afxdp, sockets), and
+    // their sum.
+    let positive = |key: &str| report[key].as_f64().is_some_and(|ns| ns > 0.0);
+    assert!(positive("relay_ns_per_packet"), "{report}");
+    assert_eq!(
+        positive("relay_kernel_ns_per_packet"),
+        backend != "sockets",
+        "{report}"
+    );
+    assert_eq!(
+        positive("relay_user_ns_per_packet"),
+        backend != "xdp",
+        "{report}"
+    );
+    if backend == "sockets" {
+        assert!(report["relay_kernel_ns_per_packet"].is_null(), "{report}");
+    }
+    if backend == "xdp" {
+        assert!(report["relay_user_ns_per_packet"].is_null(), "{report}");
+    }
 }
 
 /// One test, runs in sequence: each run's generator spins a core, and two at once on a 2-core
-/// machine starve the receivers, which would measure the machine, not the relay.
+/// machine starve the receivers, which would measure the machine, not the relay. About 25 s.
 #[test]
-fn xdp_relay_reports_clean_runs() {
+fn every_backend_reports_clean_runs() {
     if !privileged() {
         return;
     }
@@ -97,4 +121,33 @@ fn xdp_relay_reports_clean_runs() {
     check_clean(&report, "xdp", 50);
     assert_eq!(report["topology"], "one-arm");
     assert_eq!(report["generator"], "sockets");
+
+    // The three backends side by side: one JSON object keyed by backend on the last line.
+    let all = streams(&["--backend", "all", "--streams", "50"]);
+    let object = all.as_object().expect("an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["afxdp", "sockets", "xdp"], "{all}");
+    for backend in ["xdp", "afxdp", "sockets"] {
+        check_clean(&all[backend], backend, 50);
+        assert_eq!(all[backend]["generator"], "xdp");
+        assert_eq!(all[backend]["topology"], "two-arm");
+    }
+
+    // The userspace relays with a socket generator, hairpinned.
+    for backend in ["afxdp", "sockets"] {
+        let report = streams(&[
+            "--backend",
+            backend,
+            "--streams",
+            "50",
+            "--topology",
+            "one-arm",
+            "--generator",
+            "sockets",
+        ]);
+        check_clean(&report, backend, 50);
+        assert_eq!(report["topology"], "one-arm");
+        assert_eq!(report["generator"], "sockets");
+    }
 }

@@ -4,8 +4,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod api;
+mod cli_calls;
 mod demo;
 mod hw;
+#[allow(dead_code)] // parts of the protocol not every command uses yet
+mod ng;
+mod ng_handler;
+mod relay;
+mod session;
 
 /// Sluice: a kernel-bypass media and signalling appliance for VoIP carriers.
 #[derive(Parser, Debug)]
@@ -23,6 +30,12 @@ enum Command {
     /// Describes this host (CPUs, NUMA nodes, NIC ports), plans which cores serve which NIC
     /// queues and how much memory the maps get, and applies the tuning.
     Hw(hw::HwArgs),
+    /// Runs the media relay alone, driven over rtpengine's ng protocol, with the management API.
+    Relay(relay::RelayArgs),
+    /// Lists the active calls of a running instance (from its management API).
+    Calls(cli_calls::CallsArgs),
+    /// Shows one call of a running instance with its streams.
+    Call(cli_calls::CallArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +49,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Hw(args) => hw::run(&args),
+        Command::Relay(args) => relay::run(&args),
+        Command::Calls(args) => cli_calls::run_calls(&args),
+        Command::Call(args) => cli_calls::run_call(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

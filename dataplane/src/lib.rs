@@ -25,6 +25,7 @@ pub use sluice_ebpf::abi::Counter;
 pub use sockets::{SocketRelay, SocketRelayConfig};
 pub use test_run::TestRunOutput;
 pub use xdp::{
-    ifindex, monotonic_now, sum_stream_stats, AttachMode, AttachedMode, Attachment,
-    CounterSnapshot, Dataplane, DataplaneConfig, PassProgram, ProgramStats, StreamCounters,
+    iface_with_addr, ifindex, monotonic_now, sum_stream_stats, AttachMode, AttachedMode,
+    Attachment, CounterSnapshot, Dataplane, DataplaneConfig, PassProgram, ProgramStats,
+    StreamCounters,
 };

@@ -668,8 +668,25 @@ fn warn_about_sysctls(iface: &str) {
     }
 }
 
+/// The interface that has `addr`, in the calling thread's network namespace.
+pub fn iface_with_addr(addr: Ipv4Addr) -> Result<Option<String>, DataplaneError> {
+    Ok(ipv4_ifaddrs()?
+        .into_iter()
+        .find(|(_, a)| *a == addr)
+        .map(|(name, _)| name))
+}
+
 /// The IPv4 addresses of `iface` in the calling thread's network namespace.
 pub fn ipv4_addrs(iface: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+    Ok(ipv4_ifaddrs()?
+        .into_iter()
+        .filter(|(name, _)| name == iface)
+        .map(|(_, a)| a)
+        .collect())
+}
+
+/// Every (interface, IPv4 address) pair in the calling thread's network namespace.
+fn ipv4_ifaddrs() -> Result<Vec<(String, Ipv4Addr)>, DataplaneError> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we walk read-only and free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -691,10 +708,11 @@ pub fn ipv4_addrs(iface: &str) -> Result<Vec<Ipv4Addr>, DataplaneError> {
         let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
         // SAFETY: ifa_addr points at a sockaddr whose family says how to read it.
         let family = unsafe { (*entry.ifa_addr).sa_family };
-        if name.to_bytes() == iface.as_bytes() && i32::from(family) == libc::AF_INET {
+        if i32::from(family) == libc::AF_INET {
             // SAFETY: an AF_INET sockaddr is a sockaddr_in.
             let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-            addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            addrs.push((name.to_string_lossy().into_owned(), addr));
         }
     }
     // SAFETY: head came from getifaddrs and is freed once.
