@@ -102,9 +102,11 @@ impl Default for AfXdpConfig {
         Self {
             queues: None,
             cores: Vec::new(),
-            frames: 4096,
-            frame_size: 4096,
-            ring_size: 2048,
+            // 16 MiB of UMEM per worker; RX rings of 4096 hold 40 ms at 100 kpps, so a worker
+            // that loses its core for a scheduling slice loses no packet.
+            frames: 8192,
+            frame_size: 2048,
+            ring_size: 4096,
             batch: 64,
             force_copy: false,
             poll_timeout: Duration::from_millis(100),
@@ -170,6 +172,8 @@ pub struct XskSocket {
     pub iface: String,
     pub ifindex: u32,
     pub mode: XskMode,
+    /// The socket, owned by its worker; read here only for its drop statistics.
+    fd: std::os::fd::RawFd,
 }
 
 struct WorkerHandle {
@@ -354,6 +358,7 @@ impl AfXdpRelay {
                 iface: b.iface.clone(),
                 ifindex: b.ifindex,
                 mode: b.mode,
+                fd: b.fd,
             });
         }
         Ok(())
@@ -531,13 +536,54 @@ impl Forwarder for AfXdpRelay {
     fn counters(&self) -> Result<CounterSnapshot, DataplaneError> {
         let kernel = self.dataplane.counters()?;
         let workers = self.worker_counters();
+        let rings = self.ring_drops();
         Ok(CounterSnapshot::from_fn(|c: Counter| {
-            kernel.get(c) + workers.get(c)
+            kernel.get(c) + workers.get(c) + if c == Counter::DropXskRing { rings } else { 0 }
         }))
     }
 }
 
 impl AfXdpRelay {
+    /// Packets the sockets dropped before a worker saw them: the RX ring was full, or there was
+    /// no free frame to copy into (`XDP_STATISTICS`: `rx_dropped` and `rx_ring_full`).
+    fn ring_drops(&self) -> u64 {
+        const SOL_XDP: libc::c_int = 283;
+        const XDP_STATISTICS: libc::c_int = 7;
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stats {
+            rx_dropped: u64,
+            rx_invalid_descs: u64,
+            tx_invalid_descs: u64,
+            rx_ring_full: u64,
+            rx_fill_ring_empty_descs: u64,
+            tx_ring_empty_descs: u64,
+        }
+        self.sockets
+            .iter()
+            .map(|s| {
+                let mut stats = Stats::default();
+                let mut len = std::mem::size_of::<Stats>() as libc::socklen_t;
+                // SAFETY: getsockopt writes at most `len` bytes into `stats`, which we own; the fd
+                // stays open while the worker that owns it runs, which is as long as `self`.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        s.fd,
+                        SOL_XDP,
+                        XDP_STATISTICS,
+                        (&mut stats as *mut Stats).cast(),
+                        &mut len,
+                    )
+                };
+                if rc == 0 {
+                    stats.rx_dropped + stats.rx_ring_full
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     fn rollback_workers(&self, key: FlowKey, sent: usize) {
         for w in self.workers.iter().take(sent) {
             let _ = w.apply(Command::Remove(key));

@@ -132,15 +132,18 @@ enum sluice_counter {
 	SLUICE_CNT_DROP_TOO_BIG = 7,         /* larger than the egress MTU */
 	SLUICE_CNT_DROP_FWD_DISABLED = 8,    /* IPv4 forwarding is off on the egress interface */
 	SLUICE_CNT_DROP_NO_XSK = 9,          /* a userspace stream, but no AF_XDP socket on the queue */
-	SLUICE_CNT_DROP_MAX_REASON = 10,     /* number of drop reasons */
+	/* AF_XDP receive ring full or no free frame: counted by the sockets (XDP_STATISTICS), not
+	 * by the program, and reported with its counters by the AF_XDP path. */
+	SLUICE_CNT_DROP_XSK_RING = 10,
+	SLUICE_CNT_DROP_MAX_REASON = 11,     /* number of drop reasons */
 
-	SLUICE_CNT_TX = 10,                  /* forwarded with XDP_TX (same interface) */
-	SLUICE_CNT_REDIRECT = 11,            /* forwarded with XDP_REDIRECT (another interface) */
-	SLUICE_CNT_PASS_NOT_RELAY = 12,      /* not UDP to a relay port: left to the network stack */
-	SLUICE_CNT_PASS_NO_NEIGH = 13,       /* rewritten, next hop unresolved: the stack forwards it */
-	SLUICE_CNT_USERSPACE = 14,           /* handed to an AF_XDP socket */
-	SLUICE_CNT_LATCHED = 15,             /* a leg learned its peer (event count, not a verdict) */
-	SLUICE_CNT_MAX = 16,
+	SLUICE_CNT_TX = 11,                  /* forwarded with XDP_TX (same interface) */
+	SLUICE_CNT_REDIRECT = 12,            /* forwarded with XDP_REDIRECT (another interface) */
+	SLUICE_CNT_PASS_NOT_RELAY = 13,      /* not UDP to a relay port: left to the network stack */
+	SLUICE_CNT_PASS_NO_NEIGH = 14,       /* rewritten, next hop unresolved: the stack forwards it */
+	SLUICE_CNT_USERSPACE = 15,           /* handed to an AF_XDP socket */
+	SLUICE_CNT_LATCHED = 16,             /* a leg learned its peer (event count, not a verdict) */
+	SLUICE_CNT_MAX = 17,
 };
 
 /*

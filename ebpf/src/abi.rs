@@ -204,18 +204,19 @@ pub enum Counter {
     DropTooBig = 7,
     DropFwdDisabled = 8,
     DropNoXsk = 9,
-    Tx = 10,
-    Redirect = 11,
-    PassNotRelay = 12,
-    PassNoNeigh = 13,
-    Userspace = 14,
-    Latched = 15,
+    DropXskRing = 10,
+    Tx = 11,
+    Redirect = 12,
+    PassNotRelay = 13,
+    PassNoNeigh = 14,
+    Userspace = 15,
+    Latched = 16,
 }
 
 /// Number of drop reasons: counters below this index are drops.
-pub const DROP_MAX_REASON: u32 = 10;
+pub const DROP_MAX_REASON: u32 = 11;
 /// Number of counters.
-pub const COUNTER_MAX: u32 = 16;
+pub const COUNTER_MAX: u32 = 17;
 
 impl Counter {
     /// Every counter, in index order.
@@ -230,6 +231,7 @@ impl Counter {
         Counter::DropTooBig,
         Counter::DropFwdDisabled,
         Counter::DropNoXsk,
+        Counter::DropXskRing,
         Counter::Tx,
         Counter::Redirect,
         Counter::PassNotRelay,
@@ -251,6 +253,7 @@ impl Counter {
             Counter::DropTooBig => "drop_too_big",
             Counter::DropFwdDisabled => "drop_fwd_disabled",
             Counter::DropNoXsk => "drop_no_xsk",
+            Counter::DropXskRing => "drop_xsk_ring",
             Counter::Tx => "tx",
             Counter::Redirect => "redirect",
             Counter::PassNotRelay => "pass_not_relay",
