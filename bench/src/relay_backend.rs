@@ -358,64 +358,11 @@ fn start(bed: &Testbed, args: &StreamsArgs, backend: Backend) -> Result<Relay> {
     }
 }
 
-/// The core of each AF_XDP worker (by queue) from this host's core plan with the `default`
-/// profile. The plan covers the host's physical ports, not the testbed's veths, so a queue the
-/// plan has no worker for on a relay interface takes the plan's core for the same queue of the
-/// host's first port: the veths stand in for it. Empty (unpinned) when the plan has no workers.
+/// The core of each AF_XDP worker (by queue) from this host's core plan: see
+/// [`sluice_dataplane::afxdp::planned_cores`].
 fn planned_cores(bed: &Testbed) -> Vec<Option<usize>> {
-    let host = match sluice_hardware::Host::read() {
-        Ok(host) => host,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot describe this host; AF_XDP workers unpinned");
-            return Vec::new();
-        }
-    };
-    let profile = match sluice_hardware::Profile::builtin("default") {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "no `default` profile; AF_XDP workers unpinned");
-            return Vec::new();
-        }
-    };
-    let plan = sluice_hardware::plan(&host, &profile);
-    let workers: Vec<String> = plan
-        .workers
-        .iter()
-        .map(|w| {
-            format!(
-                "{} q{} -> CPU {} ({:?})",
-                w.iface, w.queue, w.core, w.placement
-            )
-        })
-        .collect();
-    tracing::info!(
-        cpus = plan.host.cpus,
-        ?workers,
-        control_cores = ?plan.control_cores,
-        os_cores = ?plan.os_cores,
-        warnings = ?plan.warnings,
-        notes = ?plan.notes,
-        "core plan of this host (profile `default`)"
-    );
-    let cores: Vec<Option<usize>> = (0..sluice_ebpf::abi::MAX_QUEUES)
-        .map(|q| {
-            bed.relay_ifaces()
-                .iter()
-                .find_map(|iface| sluice_hardware::worker_core(&plan, iface, q))
-                .or_else(|| {
-                    let first = plan.workers.first()?;
-                    plan.workers
-                        .iter()
-                        .find(|w| w.iface == first.iface && w.queue == q)
-                        .map(|w| w.core)
-                })
-        })
-        .collect();
-    if cores.iter().all(Option::is_none) {
-        tracing::info!("the core plan gives no worker core; AF_XDP workers unpinned");
-        return Vec::new();
-    }
-    cores
+    let ifaces: Vec<String> = bed.relay_ifaces().iter().map(|i| i.to_string()).collect();
+    sluice_dataplane::afxdp::planned_cores(&ifaces)
 }
 
 /// The first CPU this process may run on that is not in `taken`, when `taken` is not empty.

@@ -158,11 +158,18 @@ pub fn start_forwarder(
         BackendChoice::Only(kind) => {
             let dataplane = attach_natively(config)?;
             match kind {
-                BackendKind::AfXdp => started(
-                    Box::new(crate::AfXdpRelay::start(dataplane, config.afxdp.clone())?),
-                    kind,
-                    "AF_XDP, as configured".into(),
-                ),
+                BackendKind::AfXdp => {
+                    let mut afxdp = config.afxdp.clone();
+                    // Workers go to the cores the host's plan gives their queues.
+                    if afxdp.cores.is_empty() {
+                        afxdp.cores = crate::afxdp::planned_cores(&config.ifaces);
+                    }
+                    started(
+                        Box::new(crate::AfXdpRelay::start(dataplane, afxdp)?),
+                        kind,
+                        "AF_XDP, as configured".into(),
+                    )
+                }
                 _ => started(Box::new(dataplane), kind, "XDP, as configured".into()),
             }
         }
