@@ -194,6 +194,17 @@ fn attach_natively(config: &ForwarderConfig) -> Result<crate::Dataplane, Datapla
             "the XDP paths need at least one relay interface".into(),
         ));
     }
+    // The kernel refuses to route the relay's output through an interface without IPv4
+    // forwarding: every stream would be dropped (`drop_fwd_disabled`). Say so before attaching.
+    for iface in &config.ifaces {
+        let key = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&key).is_ok_and(|v| v.trim() == "0") {
+            return Err(DataplaneError::InvalidConfig(format!(
+                "IPv4 forwarding is off on {iface}, so XDP would drop every stream leaving it: \
+                 sysctl -w net.ipv4.conf.{iface}.forwarding=1 (sluice hw apply sets it)"
+            )));
+        }
+    }
     let mut dataplane = crate::Dataplane::load(&config.xdp)?;
     for iface in &config.ifaces {
         dataplane.attach(iface, crate::AttachMode::Native)?;

@@ -367,6 +367,34 @@ fn auto_picks_xdp_where_it_attaches_natively() {
 }
 
 #[test]
+fn auto_falls_back_to_sockets_when_forwarding_is_off() {
+    if !privileged() {
+        return;
+    }
+    let bed = Testbed::build(TopologyKind::OneArm, "autofwd").expect("testbed");
+    bed.relay()
+        .sysctl("net.ipv4.conf.r0.forwarding", "0")
+        .expect("sysctl");
+    let started = bed
+        .start_forwarder(BackendChoice::Auto, ForwarderConfig::default())
+        .expect("start");
+    assert_eq!(started.kind, BackendKind::Sockets, "{}", started.reason);
+    assert!(
+        started.reason.contains("forwarding is off on r0"),
+        "{}",
+        started.reason
+    );
+    let explicit = bed.start_forwarder(
+        BackendChoice::Only(BackendKind::Xdp),
+        ForwarderConfig::default(),
+    );
+    assert!(
+        explicit.is_err(),
+        "an explicit xdp backend refuses to drop every stream"
+    );
+}
+
+#[test]
 fn auto_falls_back_to_sockets_and_says_why() {
     if !privileged() {
         return;
