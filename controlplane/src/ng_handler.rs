@@ -104,20 +104,22 @@ impl NgHandler for SessionNgHandler {
         };
         match &req.command {
             Command::Ping => Reply::pong(),
-            Command::Offer => {
-                self.remember(req);
-                match manager.offer(now, &Self::signal(req)) {
-                    Ok(sdp) => Reply::sdp(sdp),
-                    Err(e) => error_reply(&e),
+            // Where a call's requests come from is remembered once the manager has the call: a
+            // refused first offer (or an answer for an unknown call) must leave no entry behind.
+            Command::Offer => match manager.offer(now, &Self::signal(req)) {
+                Ok(sdp) => {
+                    self.remember(req);
+                    Reply::sdp(sdp)
                 }
-            }
-            Command::Answer => {
-                self.remember(req);
-                match manager.answer(now, &Self::signal(req)) {
-                    Ok(sdp) => Reply::sdp(sdp),
-                    Err(e) => error_reply(&e),
+                Err(e) => error_reply(&e),
+            },
+            Command::Answer => match manager.answer(now, &Self::signal(req)) {
+                Ok(sdp) => {
+                    self.remember(req);
+                    Reply::sdp(sdp)
                 }
-            }
+                Err(e) => error_reply(&e),
+            },
             Command::Delete => {
                 let call_id = req.call_id.clone().unwrap_or_default();
                 match manager.delete(now, &call_id) {
@@ -139,6 +141,8 @@ impl NgHandler for SessionNgHandler {
             Command::List => {
                 let mut ids: Vec<&str> = manager.call_ids().collect();
                 ids.sort_unstable();
+                // rtpengine's default; an unbounded list would not fit in one UDP datagram.
+                ids.truncate(req.flags.limit.map_or(32, |l| l as usize));
                 Reply::list(&ids)
             }
             Command::Other(_) => Reply::error("Unrecognized command"),
@@ -237,4 +241,251 @@ pub fn call_stats(report: &CallReport, now: Duration) -> CallStats {
         });
     }
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ng::bencode::{encode, Value};
+    use crate::ng::protocol::parse_document;
+    use crate::session::tests::{advertised, audio_sdp, config, public, FakeForwarder, RELAY};
+    use crate::session::Timeouts;
+
+    struct Harness {
+        handler: SessionNgHandler,
+        fake: FakeForwarder,
+    }
+
+    fn harness() -> Harness {
+        let fake = FakeForwarder::default();
+        let manager = SessionManager::new(
+            config(vec![public()], Timeouts::default()),
+            Box::new(fake.clone()),
+        )
+        .expect("manager");
+        Harness {
+            handler: SessionNgHandler {
+                manager: Arc::new(Mutex::new(manager)),
+                origins: Arc::default(),
+            },
+            fake,
+        }
+    }
+
+    /// A request dictionary with `command` and `call-id`.
+    fn command(command: &str, call_id: &str) -> Value {
+        Value::dict()
+            .with("command", command)
+            .with("call-id", call_id)
+    }
+
+    fn offer(call_id: &str, sdp: Vec<u8>) -> Value {
+        command("offer", call_id)
+            .with("from-tag", "ta")
+            .with("sdp", sdp)
+    }
+
+    fn answer(call_id: &str, sdp: Vec<u8>) -> Value {
+        command("answer", call_id)
+            .with("from-tag", "ta")
+            .with("to-tag", "tb")
+            .with("sdp", sdp)
+    }
+
+    impl Harness {
+        /// Encodes `dict` as the ng socket would receive it, parses it, and handles it.
+        fn send(&mut self, dict: Value) -> Value {
+            let request = parse_document("cookie1", &encode(&dict)).expect("a valid request");
+            self.handler.handle(&request).to_value()
+        }
+
+        fn call(&mut self, call_id: &str) {
+            let reply = self.send(offer(call_id, audio_sdp("198.51.100.10", 4000)));
+            assert_eq!(result(&reply), "ok", "{reply:?}");
+            let reply = self.send(answer(call_id, audio_sdp("192.0.2.20", 5000)));
+            assert_eq!(result(&reply), "ok", "{reply:?}");
+        }
+
+        fn origins(&self) -> usize {
+            self.handler.origins.lock().expect("origins").len()
+        }
+    }
+
+    fn result(reply: &Value) -> &str {
+        reply.get("result").and_then(Value::as_str).unwrap_or("")
+    }
+
+    fn reason(reply: &Value) -> &str {
+        reply
+            .get("error-reason")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    fn sdp_of(reply: &Value) -> &[u8] {
+        reply
+            .get("sdp")
+            .and_then(Value::as_bytes)
+            .expect("an sdp in the reply")
+    }
+
+    fn relay(port: u16) -> std::net::SocketAddrV4 {
+        format!("{RELAY}:{port}").parse().expect("address")
+    }
+
+    fn packets(reply: &Value, kind: &str) -> Option<i64> {
+        reply.get("totals")?.get(kind)?.get("packets")?.as_int()
+    }
+
+    #[test]
+    fn ping_is_answered_with_pong() {
+        let mut h = harness();
+        let reply = h.send(Value::dict().with("command", "ping"));
+        assert_eq!(result(&reply), "pong");
+    }
+
+    #[test]
+    fn offer_returns_the_rewritten_sdp() {
+        let mut h = harness();
+        let reply = h.send(offer("c1", audio_sdp("198.51.100.10", 4000)));
+        assert_eq!(result(&reply), "ok");
+        let adv = advertised(sdp_of(&reply));
+        assert_eq!(adv.len(), 1);
+        assert_eq!(adv[0].port(), 30002, "the relay port facing B");
+        assert_ne!(adv[0].ip().to_string(), "198.51.100.10");
+        assert_eq!(h.fake.installs(), 0);
+        assert_eq!(h.origins(), 1);
+    }
+
+    #[test]
+    fn answer_returns_the_rewritten_sdp_and_installs_the_rules() {
+        let mut h = harness();
+        h.send(offer("c1", audio_sdp("198.51.100.10", 4000)));
+        let reply = h.send(answer("c1", audio_sdp("192.0.2.20", 5000)));
+        assert_eq!(result(&reply), "ok");
+        assert_eq!(advertised(sdp_of(&reply))[0].port(), 30000, "facing A");
+        assert_eq!(h.fake.rules().len(), 4);
+    }
+
+    #[test]
+    fn ng_flags_reach_the_session_manager() {
+        let mut h = harness();
+        let reply = h.send(
+            offer("c1", audio_sdp("198.51.100.10", 4000))
+                .with(
+                    "received-from",
+                    vec![Value::bytes("IP4"), Value::bytes("198.51.100.99")],
+                )
+                .with("flags", vec![Value::bytes("strict-source")]),
+        );
+        assert_eq!(result(&reply), "ok", "{reply:?}");
+        h.send(answer("c1", audio_sdp("192.0.2.20", 5000)));
+        let from_a = h.fake.rule_at(&relay(30000).to_string());
+        assert!(from_a.latch, "the SDP differs from received-from: NAT");
+        assert!(from_a.strict_source);
+        // `symmetric`/`asymmetric` flags.
+        let mut h = harness();
+        h.send(
+            offer("c1", audio_sdp("192.168.1.10", 4000))
+                .with("flags", vec![Value::bytes("asymmetric")]),
+        );
+        h.send(answer("c1", audio_sdp("192.0.2.20", 5000)));
+        assert!(!h.fake.rule_at(&relay(30000).to_string()).latch);
+    }
+
+    #[test]
+    fn query_reports_the_fake_counters() {
+        let mut h = harness();
+        h.call("c1");
+        h.fake.set(&relay(30000).to_string(), 100, 17_200, None);
+        h.fake.set(&relay(30002).to_string(), 90, 15_480, None);
+        h.fake.set(&relay(30001).to_string(), 2, 160, None);
+        let reply = h.send(command("query", "c1"));
+        assert_eq!(result(&reply), "ok", "{reply:?}");
+        assert_eq!(packets(&reply, "RTP"), Some(190));
+        assert_eq!(packets(&reply, "RTCP"), Some(2));
+        let tags = reply.get("tags").and_then(Value::as_dict).expect("tags");
+        assert!(tags.contains_key(&b"ta"[..]) && tags.contains_key(&b"tb"[..]));
+    }
+
+    #[test]
+    fn delete_ends_the_call_and_reports_its_totals() {
+        let mut h = harness();
+        h.call("c1");
+        h.fake.set(&relay(30000).to_string(), 7, 700, None);
+        let reply = h.send(command("delete", "c1").with("from-tag", "ta"));
+        assert_eq!(result(&reply), "ok", "{reply:?}");
+        assert_eq!(packets(&reply, "RTP"), Some(7));
+        assert!(h.fake.rules().is_empty(), "its rules are removed");
+        assert_eq!(h.origins(), 0, "its origin is forgotten");
+        let reply = h.send(command("query", "c1"));
+        assert_eq!(result(&reply), "error");
+        let reply = h.send(Value::dict().with("command", "list"));
+        assert_eq!(reply.get("calls"), Some(&Value::List(Vec::new())));
+    }
+
+    #[test]
+    fn list_names_the_active_calls() {
+        let mut h = harness();
+        h.call("c2");
+        h.call("c1");
+        let reply = h.send(Value::dict().with("command", "list"));
+        assert_eq!(result(&reply), "ok");
+        assert_eq!(
+            reply.get("calls"),
+            Some(&Value::List(vec![Value::bytes("c1"), Value::bytes("c2")]))
+        );
+    }
+
+    #[test]
+    fn an_unknown_call_id_is_an_error() {
+        let mut h = harness();
+        for dict in [
+            command("query", "nope"),
+            command("delete", "nope").with("from-tag", "ta"),
+            answer("nope", audio_sdp("192.0.2.20", 5000)),
+        ] {
+            let reply = h.send(dict);
+            assert_eq!(result(&reply), "error");
+            assert_eq!(reason(&reply), "unknown call-id `nope`");
+        }
+        assert_eq!(h.origins(), 0, "an answer for no call leaves no origin");
+    }
+
+    #[test]
+    fn a_malformed_sdp_is_an_error_with_its_reason() {
+        let mut h = harness();
+        let reply = h.send(offer(
+            "c1",
+            b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\nm=audio x RTP/AVP 0\r\n".to_vec(),
+        ));
+        assert_eq!(result(&reply), "error");
+        let why = reason(&reply);
+        assert!(why.starts_with("bad SDP: line 3"), "{why}");
+        assert!(why.contains("m= port"), "{why}");
+        assert!(reply.get("sdp").is_none());
+        let list = h.send(Value::dict().with("command", "list"));
+        assert_eq!(list.get("calls"), Some(&Value::List(Vec::new())), "no call");
+        assert_eq!(h.origins(), 0, "a refused offer leaves no origin behind");
+    }
+
+    #[test]
+    fn an_ipv6_sdp_is_an_error() {
+        let mut h = harness();
+        let reply = h.send(offer(
+            "c1",
+            b"v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+                .to_vec(),
+        ));
+        assert_eq!(result(&reply), "error");
+        assert!(reason(&reply).starts_with("unsupported: "), "{reply:?}");
+    }
+
+    #[test]
+    fn an_unknown_command_is_an_error() {
+        let mut h = harness();
+        let reply = h.send(Value::dict().with("command", "frobnicate"));
+        assert_eq!(result(&reply), "error");
+        assert_eq!(reason(&reply), "Unrecognized command");
+    }
 }

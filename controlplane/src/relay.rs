@@ -261,6 +261,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         return Ok(());
     }
     let _ = args.foreground;
+    raise_open_files_limit(&settings);
     let mut ifaces: Vec<String> = Vec::new();
     for i in &settings.interfaces {
         match iface_with_addr(i.addr)? {
@@ -363,6 +364,33 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     let (_server, result) = ng.stop();
     result.context("the ng server")?;
     Ok(())
+}
+
+/// The socket path holds four sockets per call, more than the usual soft limit of 1024 open
+/// files allows for a carrier's load: raise it to the hard limit, and say when that is short.
+fn raise_open_files_limit(settings: &RelaySettings) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return;
+            }
+        }
+    }
+    let pairs = (usize::from(*settings.ports.end()) - usize::from(*settings.ports.start())) / 2;
+    let wanted = 2 * pairs * settings.interfaces.len() + 64;
+    if (limit.rlim_cur as usize) < wanted {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            wanted,
+            "the open-files limit is below what the socket path needs for every relay port"
+        );
+    }
 }
 
 impl RelaySettings {

@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 
 use super::protocol::{finish_reply, parse_datagram, Reply, Request};
 
+/// The largest UDP payload over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
 /// Largest datagram read (the UDP maximum).
 pub const MAX_DATAGRAM: usize = 65_535;
 
@@ -281,6 +284,14 @@ impl<H: NgHandler> NgServer<H> {
         if let Some(reply) = self.process(&buf[..n], src, Instant::now()) {
             if self.socket.send_to(&reply, src).is_err() {
                 self.stats.send_errors += 1;
+                // Most often a reply over the UDP maximum: say so rather than stay silent.
+                if reply.len() > MAX_UDP_PAYLOAD {
+                    if let Some((cookie, _)) = crate::ng::protocol::split_cookie(&buf[..n]) {
+                        let error = Reply::error("reply too large for one datagram")
+                            .encode(cookie, crate::ng::protocol::Format::Bencode);
+                        let _ = self.socket.send_to(&error, src);
+                    }
+                }
             }
         }
         Ok(true)
