@@ -11,8 +11,8 @@ use std::time::Duration;
 use sluice_dataplane::{BackendKind, DataplaneError, Forwarder, StreamCounters};
 
 use super::model::{
-    media_rules, Facing, InstalledStream, MediaDesc, MediaPorts, Party, Side, Symmetry,
-    TerminationCause, Timeouts,
+    call_on_hold, media_rules, Facing, InstalledStream, MediaDesc, MediaPorts, Party, Side,
+    Symmetry, TerminationCause, Timeouts,
 };
 use super::ports::{PortError, PortPool};
 use super::sdp::{self, IceAction, SdpEdit};
@@ -97,6 +97,17 @@ struct Call {
     ports: Vec<MediaPorts>,
     streams: Vec<Vec<InstalledStream>>,
     strict_source: bool,
+    /// What streams removed before the end of the call (a re-INVITE rejecting one, rtcp-mux
+    /// agreed later) carried, so the call's totals keep it.
+    retired: Retired,
+}
+
+/// The final counters of the streams a call no longer has.
+#[derive(Clone, Copy, Debug, Default)]
+struct Retired {
+    rtp: [Totals; 2],
+    rtcp: [Totals; 2],
+    last_seen: Option<Duration>,
 }
 
 /// Packets and bytes of one direction of one stream kind.
@@ -212,6 +223,12 @@ impl SessionManager {
         self.calls.keys().map(String::as_str)
     }
 
+    /// Port pairs in use, over every interface.
+    #[cfg(test)]
+    pub fn ports_in_use(&self) -> usize {
+        self.pools.iter().map(PortPool::in_use).sum()
+    }
+
     fn interface(&self, name: Option<&str>) -> Result<usize, SessionError> {
         match name {
             None => Ok(0),
@@ -234,13 +251,24 @@ impl SessionManager {
     }
 
     /// An SDP offer: anchors its media on the relay and returns the SDP to forward.
+    ///
+    /// A first offer creates the call; `direction` (interfaces facing the sender and the
+    /// receiver) applies to it only. A later offer on the same call-id is a re-offer from either
+    /// party (a re-INVITE from the callee carries its own tag as `from_tag`): existing media lines
+    /// keep their relay ports and, once answered, their rules are updated in place.
+    ///
+    /// A refused offer (bad SDP, unknown interface, no free port) changes nothing: a refused
+    /// first offer leaves no call and no port behind, a refused re-offer leaves the call as it
+    /// was. Only the relay refusing a rule update of an answered call (`Dataplane`) leaves the
+    /// new descriptions in place with the rules partly updated.
     pub fn offer(&mut self, now: Duration, signal: &Signal) -> Result<Vec<u8>, SessionError> {
         let (parsed, media) = sdp::describe(&signal.sdp)?;
         let (sender_iface, receiver_iface) = match &signal.direction {
             Some([from, to]) => (self.interface(Some(from))?, self.interface(Some(to))?),
             None => (0, 0),
         };
-        if !self.calls.contains_key(&signal.call_id) {
+        let new_call = !self.calls.contains_key(&signal.call_id);
+        if new_call {
             let call = Call {
                 call_id: signal.call_id.clone(),
                 label: signal.label.clone(),
@@ -260,19 +288,15 @@ impl SessionManager {
                 ports: Vec::new(),
                 streams: Vec::new(),
                 strict_source: signal.strict_source,
+                retired: Retired::default(),
             };
             self.calls.insert(signal.call_id.clone(), call);
         }
         let result = self.offer_existing(now, signal, &parsed, media);
-        if result.is_err() {
-            // A first offer that failed leaves nothing behind.
-            if self
-                .calls
-                .get(&signal.call_id)
-                .is_some_and(|c| c.answered.is_none() && c.streams.is_empty())
-            {
-                self.drop_call(&signal.call_id);
-            }
+        if result.is_err() && new_call {
+            // A first offer that failed leaves nothing behind (and a failed re-offer must not
+            // end the call it was for).
+            self.drop_call(&signal.call_id);
         }
         result
     }
@@ -294,6 +318,46 @@ impl SessionManager {
         } else {
             Side::A
         };
+        // New media lines get ports; existing ones keep theirs (a re-INVITE keeps the streams).
+        // Nothing of the call changes until every port is allocated and the SDP is rewritten.
+        let mut new_ports = Vec::new();
+        let release = |pools: &mut [PortPool], facing: &[Facing; 2], ports: &[MediaPorts]| {
+            for p in ports {
+                pools[facing[0].interface].release(p.rtp[0]);
+                pools[facing[1].interface].release(p.rtp[1]);
+            }
+        };
+        while call.ports.len() + new_ports.len() < media.len() {
+            let allocated =
+                self.pools[call.facing[0].interface]
+                    .allocate()
+                    .and_then(|a| match self.pools[call.facing[1].interface].allocate() {
+                        Ok(b) => Ok([a, b]),
+                        Err(e) => {
+                            self.pools[call.facing[0].interface].release(a);
+                            Err(e)
+                        }
+                    });
+            match allocated {
+                Ok(rtp) => new_ports.push(MediaPorts { rtp }),
+                Err(e) => {
+                    release(&mut self.pools, &call.facing, &new_ports);
+                    return Err(e.into());
+                }
+            }
+        }
+        let answerer = offerer.other();
+        let all_ports: Vec<MediaPorts> = call.ports.iter().chain(&new_ports).cloned().collect();
+        let edit = edit_for(&call.facing, &all_ports, answerer, signal);
+        let out = match sdp::rewrite(parsed, &edit) {
+            Ok(out) => out,
+            Err(e) => {
+                release(&mut self.pools, &call.facing, &new_ports);
+                return Err(e);
+            }
+        };
+        call.streams.extend(new_ports.iter().map(|_| Vec::new()));
+        call.ports = all_ports;
         call.offerer = offerer;
         call.last_signal = now;
         if signal.label.is_some() {
@@ -303,22 +367,6 @@ impl SessionManager {
         party.signalling_source = signal.signalling_source.or(party.signalling_source);
         party.symmetry = signal.symmetry;
         party.media = media;
-        // New media lines get ports; existing ones keep theirs (a re-INVITE keeps the streams).
-        while call.ports.len() < call.parties[offerer.index()].media.len() {
-            let a = self.pools[call.facing[0].interface].allocate()?;
-            let b = match self.pools[call.facing[1].interface].allocate() {
-                Ok(port) => port,
-                Err(e) => {
-                    self.pools[call.facing[0].interface].release(a);
-                    return Err(e.into());
-                }
-            };
-            call.ports.push(MediaPorts { rtp: [a, b] });
-            call.streams.push(Vec::new());
-        }
-        let answerer = offerer.other();
-        let edit = edit_for(call, answerer, signal);
-        let out = sdp::rewrite(parsed, &edit)?;
         if call.state == CallState::Established {
             Self::sync_rules(self.forwarder.as_mut(), call)?;
         }
@@ -326,6 +374,11 @@ impl SessionManager {
     }
 
     /// The answer to the outstanding offer: completes the streams and returns the SDP to forward.
+    ///
+    /// ng answers carry the offerer's tag as `from_tag` and the answerer's as `to_tag`. A second
+    /// answer to the same offer (another branch of a forked call, with its own to-tag) replaces
+    /// the first: the latest answer wins and the rules are updated, not duplicated. An answer
+    /// with more media lines than the offer is `BadSdp`; a failed answer changes nothing.
     pub fn answer(&mut self, now: Duration, signal: &Signal) -> Result<Vec<u8>, SessionError> {
         let (parsed, media) = sdp::describe(&signal.sdp)?;
         let call = self
@@ -333,28 +386,23 @@ impl SessionManager {
             .get_mut(&signal.call_id)
             .ok_or_else(|| SessionError::UnknownCall(signal.call_id.clone()))?;
         let answerer = call.offerer.other();
-        // ng answers carry the offerer's tag as from-tag and the answerer's as to-tag; a second
-        // branch of a forked call answering replaces the first (the latest answer wins).
-        let tag = match answerer {
-            Side::B => signal.to_tag.clone(),
-            Side::A => Some(signal.from_tag.clone()),
-        };
-        if media.len() > call.ports.len() {
+        let offered = call.parties[call.offerer.index()].media.len();
+        if media.len() > offered {
             return Err(SessionError::BadSdp(format!(
-                "the answer has {} media lines, the offer {}",
+                "the answer has {} media lines, the offer {offered}",
                 media.len(),
-                call.ports.len()
             )));
         }
+        let edit = edit_for(&call.facing, &call.ports, call.offerer, signal);
+        let out = sdp::rewrite(&parsed, &edit)?;
         let party = &mut call.parties[answerer.index()];
-        party.tag = tag.or(party.tag.take());
+        // The answerer's tag is the to-tag, whichever side it is; the latest branch wins.
+        party.tag = signal.to_tag.clone().or(party.tag.take());
         party.signalling_source = signal.signalling_source.or(party.signalling_source);
         party.symmetry = signal.symmetry;
         party.media = media;
         call.last_signal = now;
         call.strict_source |= signal.strict_source;
-        let edit = edit_for(call, call.offerer, signal);
-        let out = sdp::rewrite(&parsed, &edit)?;
         Self::sync_rules(self.forwarder.as_mut(), call)?;
         if call.state == CallState::Offered {
             call.state = CallState::Established;
@@ -374,25 +422,50 @@ impl SessionManager {
                 call.strict_source,
             );
             let installed = &mut call.streams[index];
-            // Streams no longer wanted (rejected, rtcp-mux now) go away.
+            let retired = &mut call.retired;
+            // Streams no longer wanted (rejected, rtcp-mux now) go away; the call's totals keep
+            // what they carried.
             installed.retain(|s| {
                 let keep = wanted
                     .iter()
                     .any(|(side, rtcp, _)| *side == s.from && *rtcp == s.rtcp);
                 if !keep {
-                    let _ = forwarder.remove(s.id);
+                    match forwarder.remove(s.id) {
+                        Ok(last) => {
+                            let totals = if s.rtcp {
+                                &mut retired.rtcp
+                            } else {
+                                &mut retired.rtp
+                            };
+                            totals[s.from.index()].add(&last);
+                            retired.last_seen = retired.last_seen.max(last.last_seen);
+                        }
+                        Err(e) => tracing::warn!(
+                            call_id = %call.call_id, stream = %s.id, error = %e,
+                            "removing a stream"
+                        ),
+                    }
                 }
                 keep
             });
             for (side, rtcp, rule) in wanted {
-                match installed.iter().find(|s| s.from == side && s.rtcp == rtcp) {
-                    Some(existing) => forwarder.update(existing.id, &rule)?,
+                match installed
+                    .iter_mut()
+                    .find(|s| s.from == side && s.rtcp == rtcp)
+                {
+                    // Unchanged: rewriting it would only reset what the relay learned.
+                    Some(existing) if existing.rule == rule => {}
+                    Some(existing) => {
+                        forwarder.update(existing.id, &rule)?;
+                        existing.rule = rule;
+                    }
                     None => {
                         let id = forwarder.install(&rule)?;
                         installed.push(InstalledStream {
                             id,
                             from: side,
                             rtcp,
+                            rule,
                         });
                     }
                 }
@@ -457,15 +530,20 @@ impl SessionManager {
             duration_s: call.answered.map(|a| secs(now.saturating_sub(a))),
             created_s: secs(call.created),
             last_signal_s: secs(call.last_signal),
-            rtp: [Totals::default(); 2],
-            rtcp: [Totals::default(); 2],
+            rtp: call.retired.rtp,
+            rtcp: call.retired.rtcp,
             last_packet_age_s: None,
             streams: Vec::new(),
         };
-        let mut last_seen: Option<Duration> = None;
+        let mut last_seen = call.retired.last_seen;
         for (index, streams) in call.streams.iter().enumerate() {
             for s in streams {
-                let counters = self.forwarder.stream_counters(s.id)?;
+                // A stream the relay lost must not make the call unreportable (and so
+                // undeletable): it counts as silent.
+                let counters = self.forwarder.stream_counters(s.id).unwrap_or_else(|e| {
+                    tracing::warn!(%call_id, stream = %s.id, error = %e, "stream counters");
+                    StreamCounters::default()
+                });
                 let totals = if s.rtcp {
                     &mut report.rtcp
                 } else {
@@ -473,16 +551,19 @@ impl SessionManager {
                 };
                 totals[s.from.index()].add(&counters);
                 last_seen = last_seen.max(counters.last_seen);
-                let desc = &call.parties[s.from.index()].media[index];
+                let desc = call.parties[s.from.index()].media.get(index);
                 let port = call.ports[index].rtp[s.from.index()] + u16::from(s.rtcp);
+                let sdp_peer = desc.map_or(s.rule.expected_peer, |d| {
+                    Some(if s.rtcp { d.rtcp } else { d.rtp })
+                });
                 report.streams.push(StreamReport {
                     media: index,
-                    kind: desc.kind.clone(),
+                    kind: desc.map_or_else(String::new, |d| d.kind.clone()),
                     from: s.from,
                     rtcp: s.rtcp,
                     relay: SocketAddrV4::new(call.facing[s.from.index()].addr, port),
-                    sdp_peer: if s.rtcp { desc.rtcp } else { desc.rtp },
-                    latched_peer: self.forwarder.latched_peer(s.id)?,
+                    sdp_peer: sdp_peer.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                    latched_peer: self.forwarder.latched_peer(s.id).unwrap_or_default(),
                     packets: counters.packets,
                     bytes: counters.bytes,
                     last_packet_age_s: counters.last_seen.map(|t| secs(now.saturating_sub(t))),
@@ -510,7 +591,8 @@ impl SessionManager {
         let mut expired = Vec::new();
         for (id, call) in &self.calls {
             let cause = match call.state {
-                CallState::Offered => (now.saturating_sub(call.created) >= t.offer)
+                // Counted from the latest offer: a re-sent offer is still outstanding.
+                CallState::Offered => (now.saturating_sub(call.last_signal) >= t.offer)
                     .then_some(TerminationCause::OfferTimeout),
                 CallState::Established => {
                     let answered = call.answered.unwrap_or(call.created);
@@ -519,18 +601,20 @@ impl SessionManager {
                     {
                         Some(TerminationCause::MaxDuration)
                     } else {
-                        let mut last = answered.max(call.last_signal);
+                        let mut last = answered
+                            .max(call.last_signal)
+                            .max(call.retired.last_seen.unwrap_or_default());
                         for s in call.streams.iter().flatten() {
                             if let Ok(c) = self.forwarder.stream_counters(s.id) {
                                 last = last.max(c.last_seen.unwrap_or_default());
                             }
                         }
                         // A party that holds the other sends nothing, or only music on hold.
-                        let held = call
-                            .parties
-                            .iter()
-                            .any(|p| !p.media.is_empty() && p.media.iter().all(MediaDesc::on_hold));
-                        let limit = if held { t.hold } else { t.media };
+                        let limit = if call_on_hold(&call.parties) {
+                            t.hold
+                        } else {
+                            t.media
+                        };
                         (now.saturating_sub(last) >= limit)
                             .then_some(TerminationCause::MediaTimeout)
                     }
@@ -560,11 +644,10 @@ impl SessionManager {
 
 /// The SDP edit for the party `toward`, which will receive this SDP: every media line advertises
 /// the relay's address and port facing `toward`, so that its packets go to the relay.
-fn edit_for(call: &Call, toward: Side, signal: &Signal) -> SdpEdit {
-    let facing = &call.facing[toward.index()];
+fn edit_for(facing: &[Facing; 2], ports: &[MediaPorts], toward: Side, signal: &Signal) -> SdpEdit {
+    let facing = &facing[toward.index()];
     SdpEdit {
-        media: call
-            .ports
+        media: ports
             .iter()
             .map(|p| {
                 let rtp = p.rtp[toward.index()];

@@ -11,3 +11,6 @@ pub use manager::{
 };
 pub use model::{Symmetry, Timeouts};
 pub use sdp::IceAction;
+
+#[cfg(test)]
+pub(crate) mod tests;

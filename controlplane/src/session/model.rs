@@ -136,6 +136,22 @@ pub struct InstalledStream {
     /// The side whose packets this rule carries.
     pub from: Side,
     pub rtcp: bool,
+    /// The rule as last installed or updated: an unchanged rule is not rewritten (a rewrite
+    /// would reset a learned latch, e.g. on every session-timer re-INVITE).
+    pub rule: StreamRule,
+}
+
+/// Whether the call is on hold: every media line that both parties keep (not rejected) is on
+/// hold in one party's description (`sendonly`, `inactive` or `c=0.0.0.0`), and there is one
+/// such line at least. Rejected lines do not count either way.
+pub fn call_on_hold(parties: &[Party; 2]) -> bool {
+    let mut active = parties[0]
+        .media
+        .iter()
+        .zip(&parties[1].media)
+        .filter(|(a, b)| !a.rejected() && !b.rejected())
+        .peekable();
+    active.peek().is_some() && active.all(|(a, b)| a.on_hold() || b.on_hold())
 }
 
 /// What the rules of one media line should be, from both parties' descriptions.
@@ -156,9 +172,12 @@ pub fn media_rules(
         let f = &facing[side.index()];
         let port = ports.rtp[side.index()] + u16::from(rtcp);
         let addr = if rtcp { desc.rtcp } else { desc.rtp };
-        let peer = if parties[side.index()].latches(desc) {
-            // A held party's 0.0.0.0 is no destination: wait for its packets.
-            Peer::Latch((!addr.ip().is_unspecified()).then_some(addr))
+        let peer = if addr.ip().is_unspecified() {
+            // A held party's 0.0.0.0 is no destination, whatever the symmetry: send it nothing
+            // until its own packets say where it is.
+            Peer::Latch(None)
+        } else if parties[side.index()].latches(desc) {
+            Peer::Latch(Some(addr))
         } else {
             Peer::Known(addr)
         };

@@ -51,13 +51,13 @@ pub fn describe(bytes: &[u8]) -> Result<(Parsed, Vec<MediaDesc>), SessionError> 
     let mut media = Vec::with_capacity(sdp.media().len());
     for (index, m) in sdp.media().iter().enumerate() {
         let addr = match m.effective_connection() {
+            // A rejected stream needs no address, whatever its family.
+            _ if m.is_rejected() => Ipv4Addr::UNSPECIFIED,
             Some(c) => v4(c).ok_or_else(|| {
                 SessionError::Unsupported(format!(
                     "media {index} has an IPv6 or host-name address: IPv6 media is not relayed yet"
                 ))
             })?,
-            // A rejected stream needs no address.
-            None if m.is_rejected() => Ipv4Addr::UNSPECIFIED,
             None => {
                 return Err(SessionError::BadSdp(format!(
                     "media {index} has no connection address"
@@ -69,7 +69,9 @@ pub fn describe(bytes: &[u8]) -> Result<(Parsed, Vec<MediaDesc>), SessionError> 
             Some(r) => {
                 SocketAddrV4::new(r.connection.as_ref().and_then(v4).unwrap_or(addr), r.port)
             }
-            None if m.rtcp_mux() => rtp,
+            // Without `a=rtcp:`, RTCP is on the next port, also when the party offers rtcp-mux:
+            // that is where it falls back to if the other party does not mux (RFC 5761 §5.1.3).
+            // When both mux, no RTCP rule is installed and this is not used.
             None => SocketAddrV4::new(addr, m.port().saturating_add(1)),
         };
         media.push(MediaDesc {
