@@ -7,14 +7,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn privileged() -> bool {
-    match sluice_dataplane::netns::can_create_netns() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("CI must run this test: {why}"),
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    sluice_dataplane::netns::privileged_test(module_path!())
 }
 
 fn streams(args: &[&str]) -> Value {

@@ -868,6 +868,23 @@ pub fn can_create_netns() -> Result<(), String> {
     Ok(())
 }
 
+/// For tests that need root and namespaces: `true` when they can run here. When they cannot,
+/// it says why and returns `false` (the test skips), except under `CI`, where a test that cannot
+/// run must fail rather than pass unseen: it panics. The probe runs once per process.
+pub fn privileged_test(test: &str) -> bool {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    match PROBE.get_or_init(can_create_netns) {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("{test} must run in CI, but cannot: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,14 +17,7 @@ const CALLER_PORT: u16 = 4000;
 const CALLEE_PORT: u16 = 5000;
 
 fn privileged() -> bool {
-    match sluice_dataplane::netns::can_create_netns() {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("CI must run this test: {why}"),
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            false
-        }
-    }
+    sluice_dataplane::netns::privileged_test(module_path!())
 }
 
 fn bind(ns: &sluice_dataplane::netns::NetNs, addr: SocketAddrV4) -> UdpSocket {

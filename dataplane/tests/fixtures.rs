@@ -17,9 +17,8 @@
 //! checked against a full one's-complement sum.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::OnceLock;
 
-use sluice_dataplane::netns::{can_create_netns, veth_pair, NetNs};
+use sluice_dataplane::netns::{veth_pair, NetNs};
 use sluice_dataplane::test_run::action;
 use sluice_dataplane::{
     bidirectional, monotonic_now, AttachMode, Counter, CounterSnapshot, Dataplane, DataplaneConfig,
@@ -54,19 +53,8 @@ fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
-/// Returns false (skip) when namespaces cannot be built here; in CI that is a failure instead.
 fn netns_available(test: &str) -> bool {
-    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
-    match PROBE.get_or_init(can_create_netns) {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: BPF fixture tests must run in CI, but cannot: {why}");
-            }
-            eprintln!("skipping {test}: {why}");
-            false
-        }
-    }
+    sluice_dataplane::netns::privileged_test(test)
 }
 
 /// The namespace and what the tests need to know about its interfaces.
