@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod api;
+#[allow(dead_code)] // the write side (begin/update_counters/finish/recover) waits for the SIP proxy
+mod cdr;
 mod cli_calls;
+mod cli_cdrs;
 mod demo;
 mod hw;
 #[allow(dead_code)] // parts of the protocol not every command uses yet
@@ -36,6 +39,8 @@ enum Command {
     Calls(cli_calls::CallsArgs),
     /// Shows one call of a running instance with its streams.
     Call(cli_calls::CallArgs),
+    /// Prints the call detail records of ended calls from the CDR database (a table, or CSV).
+    Cdrs(cli_cdrs::CdrsArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Relay(args) => relay::run(&args),
         Command::Calls(args) => cli_calls::run_calls(&args),
         Command::Call(args) => cli_calls::run_call(&args),
+        Command::Cdrs(args) => cli_cdrs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -369,7 +369,10 @@ pub fn run(args: &RelayArgs) -> Result<()> {
 /// The socket path holds four sockets per call, more than the usual soft limit of 1024 open
 /// files allows for a carrier's load: raise it to the hard limit, and say when that is short.
 fn raise_open_files_limit(settings: &RelaySettings) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit and setrlimit read and write the rlimit we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
