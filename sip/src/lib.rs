@@ -8,4 +8,8 @@
 //!
 //! The SIP proxy arrives with its issues.
 
+pub mod auth;
+pub mod message;
+pub mod registrar;
 pub mod sdp;
+pub mod transaction;
