@@ -16,6 +16,8 @@ mod ng;
 mod ng_handler;
 mod relay;
 mod session;
+#[allow(dead_code)] // driven by the SIP proxy once it lands
+mod transport;
 
 /// Sluice: a kernel-bypass media and signalling appliance for VoIP carriers.
 #[derive(Parser, Debug)]
