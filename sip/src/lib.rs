@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod message;
+pub mod proxy;
 pub mod registrar;
 pub mod sdp;
 pub mod transaction;

@@ -1,0 +1,250 @@
+//! Proxy configuration: plain structs the composing layer fills (from TOML, say).
+
+use std::net::{IpAddr, SocketAddr};
+
+use rsip::Transport;
+use thiserror::Error;
+
+use crate::auth::Secret;
+use crate::message::proxy::LocalAddr;
+use crate::registrar::RegistrarConfig;
+
+/// An IP network in CIDR notation (`192.0.2.0/24`, `2001:db8::/32`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address (host bits are ignored when matching).
+    pub addr: IpAddr,
+    /// The prefix length, 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix: u8,
+}
+
+/// Why a [`Cidr`] did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("bad CIDR {0:?}")]
+pub struct CidrError(pub String);
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address (a host route).
+    pub fn parse(s: &str) -> Result<Self, CidrError> {
+        let bad = || CidrError(s.to_owned());
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network (an IPv4-mapped IPv6 address matches IPv4 networks).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A local SIP account: digest credentials and the numbers/names it also answers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The user part of the address-of-record, and the digest username.
+    pub user: String,
+    /// The domain (one of [`ProxyConfig::domains`]); also the digest realm.
+    pub domain: String,
+    /// The password or provisioned HA1 values.
+    pub secret: Secret,
+    /// Other user parts that reach this account (e.g. its DID), and that it may register as.
+    pub aliases: Vec<String>,
+}
+
+impl Account {
+    /// Whether `user` names this account (its user or one of its aliases).
+    pub fn answers_to(&self, user: &str) -> bool {
+        self.user == user || self.aliases.iter().any(|a| a == user)
+    }
+
+    /// The canonical address-of-record, `sip:user@domain`.
+    pub fn aor(&self) -> String {
+        format!("sip:{}@{}", self.user, self.domain.to_ascii_lowercase())
+    }
+}
+
+/// A PSTN gateway (no DNS in a sans-IO core: an address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gateway {
+    /// Where to send.
+    pub addr: SocketAddr,
+    /// Over which transport.
+    pub transport: Transport,
+}
+
+/// Calls to numbers starting with `prefix` go to `gateways`, tried in order: the next one is
+/// tried when a gateway answers 5xx or 408, or does not answer at all (timer B).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PstnRoute {
+    /// Digits the dialled number (without a leading `+`) starts with; empty matches everything.
+    pub prefix: String,
+    /// Gateways in order of preference.
+    pub gateways: Vec<Gateway>,
+}
+
+/// One of our interfaces: the socket the composing layer binds and what we advertise in Via and
+/// Record-Route for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    /// The local socket address (what `handle_datagram`'s `local` names, and
+    /// [`super::Transmit::local`]).
+    pub bind: SocketAddr,
+    /// Host advertised in Via and Record-Route (an IP address or a name).
+    pub host: String,
+    /// Port advertised.
+    pub port: u16,
+    /// Destinations reached through this interface; the first interface whose networks hold the
+    /// destination is used, else the first interface. When a request crosses interfaces, both are
+    /// record-routed (RFC 5658).
+    pub networks: Vec<Cidr>,
+}
+
+impl Interface {
+    /// An interface advertising its bind address and reaching everything.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            host: bind.ip().to_string(),
+            port: bind.port(),
+            networks: Vec::new(),
+        }
+    }
+
+    /// The advertised address for `transport`.
+    pub fn local_addr(&self, transport: Transport) -> LocalAddr {
+        LocalAddr::new(&transport.to_string(), &self.host, self.port)
+    }
+}
+
+/// Everything [`super::ProxyCore`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Our interfaces (at least one).
+    pub interfaces: Vec<Interface>,
+    /// The SIP domains we are responsible for (registrar and location service).
+    pub domains: Vec<String>,
+    /// Local accounts.
+    pub accounts: Vec<Account>,
+    /// Peers trusted by source address: no authentication, may call numbers and transit.
+    pub trusted: Vec<Cidr>,
+    /// PSTN routes, matched by longest prefix.
+    pub pstn: Vec<PstnRoute>,
+    /// Registrar limits.
+    pub registrar: RegistrarConfig,
+    /// Transaction timers (the proxy forces [`crate::transaction::TryingPolicy::Immediate`]).
+    pub transactions: crate::transaction::Config,
+}
+
+impl ProxyConfig {
+    /// A configuration with one interface and defaults elsewhere.
+    pub fn new(interface: Interface) -> Self {
+        Self {
+            interfaces: vec![interface],
+            domains: Vec::new(),
+            accounts: Vec::new(),
+            trusted: Vec::new(),
+            pstn: Vec::new(),
+            registrar: RegistrarConfig::default(),
+            transactions: crate::transaction::Config::default(),
+        }
+    }
+
+    /// Whether `host` is one of our domains.
+    pub fn is_local_domain(&self, host: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(host))
+    }
+
+    /// The account `user` (or alias) of `domain`.
+    pub fn account(&self, user: &str, domain: &str) -> Option<&Account> {
+        self.accounts
+            .iter()
+            .find(|a| a.domain.eq_ignore_ascii_case(domain) && a.answers_to(user))
+    }
+
+    /// The account whose digest username is `user` in `domain`.
+    pub fn account_by_username(&self, user: &str, domain: &str) -> Option<&Account> {
+        self.accounts
+            .iter()
+            .find(|a| a.domain.eq_ignore_ascii_case(domain) && a.user == user)
+    }
+
+    /// Whether `ip` is a trusted peer.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// The PSTN route with the longest prefix matching `number` (a leading `+` is ignored).
+    pub fn pstn_route(&self, number: &str) -> Option<&PstnRoute> {
+        let digits = number.strip_prefix('+').unwrap_or(number);
+        self.pstn
+            .iter()
+            .filter(|r| digits.starts_with(&r.prefix) && !r.gateways.is_empty())
+            .max_by_key(|r| r.prefix.len())
+    }
+
+    /// The interface `local` names, else the first.
+    pub(crate) fn interface_at(&self, local: SocketAddr) -> Option<&Interface> {
+        self.interfaces
+            .iter()
+            .find(|i| i.bind == local)
+            .or_else(|| self.interfaces.first())
+    }
+
+    /// The interface to reach `dest` through.
+    pub(crate) fn interface_for(&self, dest: IpAddr) -> Option<&Interface> {
+        self.interfaces
+            .iter()
+            .find(|i| i.networks.iter().any(|n| n.contains(dest)))
+            .or_else(|| self.interfaces.first())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_matching() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8:1::1".parse().unwrap()));
+        assert!(Cidr::parse("192.0.2.7")
+            .unwrap()
+            .contains("192.0.2.7".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense").is_err());
+    }
+}
