@@ -31,44 +31,44 @@ use crate::session::{RelayInterface, SessionConfig, SessionManager, Timeouts};
 pub struct RelayArgs {
     /// TOML configuration file.
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// A relay interface, `NAME/ADDRESS[!ADVERTISED]` or `ADDRESS` (repeatable).
     #[arg(long = "interface", short = 'i')]
-    interfaces: Vec<String>,
+    pub(crate) interfaces: Vec<String>,
     /// Where the ng control socket listens (UDP).
     #[arg(long)]
-    listen_ng: Option<SocketAddr>,
+    pub(crate) listen_ng: Option<SocketAddr>,
     /// First relay port.
     #[arg(long)]
-    port_min: Option<u16>,
+    pub(crate) port_min: Option<u16>,
     /// Last relay port.
     #[arg(long)]
-    port_max: Option<u16>,
+    pub(crate) port_max: Option<u16>,
     /// Seconds without media before a call is ended.
     #[arg(long)]
-    timeout: Option<u64>,
+    pub(crate) timeout: Option<u64>,
     /// Seconds without media before a call on hold is ended.
     #[arg(long)]
-    silent_timeout: Option<u64>,
+    pub(crate) silent_timeout: Option<u64>,
     /// Longest call in seconds (0: unlimited).
     #[arg(long)]
-    final_timeout: Option<u64>,
+    pub(crate) final_timeout: Option<u64>,
     /// Stay in the foreground (Sluice always does; accepted for rtpengine's start lines).
     #[arg(long, short = 'f')]
-    foreground: bool,
+    pub(crate) foreground: bool,
     /// Forwarding path: auto, xdp, afxdp or sockets.
     #[arg(long)]
-    backend: Option<BackendChoice>,
+    pub(crate) backend: Option<BackendChoice>,
     /// Where the management API listens.
     #[arg(long)]
-    api_listen: Option<SocketAddr>,
+    pub(crate) api_listen: Option<SocketAddr>,
     /// XML-RPC URL told about calls the relay ends (rtpengine's `--b2b-url`; `%%` is the
     /// proxy's address).
     #[arg(long)]
-    b2b_url: Option<String>,
+    pub(crate) b2b_url: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
-    check: bool,
+    pub(crate) check: bool,
 }
 
 /// The configuration file.
@@ -174,13 +174,22 @@ pub fn parse_interface(spec: &str) -> Result<(String, Ipv4Addr, Option<Ipv4Addr>
 /// Merges the file and the options, and checks the result.
 pub fn settings(args: &RelayArgs) -> Result<RelaySettings> {
     let file: RelayFile = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?
-        }
+        Some(path) => read_toml(path)?,
         None => RelayFile::default(),
     };
+    merge(file, args)
+}
+
+/// Reads and parses a TOML file; errors name the file, and the field that is wrong.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// Merges the `[relay]`, `[timeouts]` and `[api]` sections of a file with the options (which
+/// win), and checks the result. `sluice run` shares it.
+pub fn merge(file: RelayFile, args: &RelayArgs) -> Result<RelaySettings> {
     let relay = &file.relay;
     let backend = match args.backend {
         Some(b) => b,
@@ -261,43 +270,8 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         return Ok(());
     }
     let _ = args.foreground;
-    raise_open_files_limit(&settings);
-    let mut ifaces: Vec<String> = Vec::new();
-    for i in &settings.interfaces {
-        match iface_with_addr(i.addr)? {
-            Some(name) if !ifaces.contains(&name) => ifaces.push(name),
-            Some(_) => {}
-            None => bail!(
-                "relay.interface `{}`: no network interface here has the address {}",
-                i.name,
-                i.addr
-            ),
-        }
-    }
-    let started = start_forwarder(
-        settings.backend,
-        &ForwarderConfig {
-            ifaces,
-            xdp: DataplaneConfig {
-                relay_ports: settings.ports.clone(),
-                ..DataplaneConfig::default()
-            },
-            ..ForwarderConfig::default()
-        },
-    )
-    .context("starting the forwarding path")?;
-    tracing::info!(backend = started.kind.name(), reason = %started.reason, "relay up");
-    for i in &settings.interfaces {
-        tracing::info!(interface = %i.name, addr = %i.addr, advertised = %i.advertised, ports = ?i.ports, "relay interface");
-    }
-    let manager = SessionManager::new(
-        SessionConfig {
-            interfaces: settings.interfaces.clone(),
-            timeouts: settings.timeouts,
-        },
-        started.forwarder,
-    )?;
-    let manager = Arc::new(Mutex::new(manager));
+    let media = start_media(&settings)?;
+    let MediaPlane { manager, api } = media;
     let origins: Arc<Mutex<HashMap<String, NgOrigin>>> = Arc::default();
 
     let handler = SessionNgHandler {
@@ -308,10 +282,6 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         .with_context(|| format!("binding the ng socket on {}", settings.listen_ng))?;
     let ng = server.spawn().context("starting the ng server")?;
     tracing::info!(listen = %ng.local_addr(), "ng control socket up");
-    let source: Arc<dyn CallSource> = manager.clone();
-    let api = ApiServer::start(&settings.api, source, monotonic_now)
-        .context("starting the management API")?;
-    tracing::info!(listen = %api.local_addr(), "management API up");
     let notifier = settings
         .b2b_url
         .as_deref()
@@ -319,10 +289,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
         .transpose()
         .context("--b2b-url")?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = stop_on_signals()?;
     println!(
         "sluice relay: {} on {}, ng on {}, API on {}",
         settings
@@ -366,6 +333,68 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     Ok(())
 }
 
+/// The media side of the appliance: the forwarding path, the session manager over it, and the
+/// management API reading the manager. `sluice relay` and `sluice run` both start it.
+pub struct MediaPlane {
+    pub manager: Arc<Mutex<SessionManager>>,
+    pub api: ApiServer,
+}
+
+/// Starts the forwarding path on the relay interfaces, the session manager and the API.
+pub fn start_media(settings: &RelaySettings) -> Result<MediaPlane> {
+    raise_open_files_limit(settings);
+    let mut ifaces: Vec<String> = Vec::new();
+    for i in &settings.interfaces {
+        match iface_with_addr(i.addr)? {
+            Some(name) if !ifaces.contains(&name) => ifaces.push(name),
+            Some(_) => {}
+            None => bail!(
+                "relay.interface `{}`: no network interface here has the address {}",
+                i.name,
+                i.addr
+            ),
+        }
+    }
+    let started = start_forwarder(
+        settings.backend,
+        &ForwarderConfig {
+            ifaces,
+            xdp: DataplaneConfig {
+                relay_ports: settings.ports.clone(),
+                ..DataplaneConfig::default()
+            },
+            ..ForwarderConfig::default()
+        },
+    )
+    .context("starting the forwarding path")?;
+    tracing::info!(backend = started.kind.name(), reason = %started.reason, "relay up");
+    for i in &settings.interfaces {
+        tracing::info!(interface = %i.name, addr = %i.addr, advertised = %i.advertised, ports = ?i.ports, "relay interface");
+    }
+    let manager = SessionManager::new(
+        SessionConfig {
+            interfaces: settings.interfaces.clone(),
+            timeouts: settings.timeouts,
+        },
+        started.forwarder,
+    )?;
+    let manager = Arc::new(Mutex::new(manager));
+    let source: Arc<dyn CallSource> = manager.clone();
+    let api = ApiServer::start(&settings.api, source, monotonic_now)
+        .context("starting the management API")?;
+    tracing::info!(listen = %api.local_addr(), "management API up");
+    Ok(MediaPlane { manager, api })
+}
+
+/// A flag that SIGINT and SIGTERM set.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
 /// The socket path holds four sockets per call, more than the usual soft limit of 1024 open
 /// files allows for a carrier's load: raise it to the hard limit, and say when that is short.
 fn raise_open_files_limit(settings: &RelaySettings) {
@@ -397,7 +426,7 @@ fn raise_open_files_limit(settings: &RelaySettings) {
 }
 
 impl RelaySettings {
-    fn backend_name(&self) -> String {
+    pub fn backend_name(&self) -> String {
         format!("{:?}", self.backend).to_lowercase()
     }
 }
