@@ -34,6 +34,9 @@ pub enum Backend {
     Sockets,
     /// The three, one after the other with the same arguments, side by side.
     All,
+    /// No relay: the relay namespace routes the caller's packets to the callee with the
+    /// kernel's IP forwarding. The baseline the relays' added latency is measured against.
+    None,
 }
 
 impl Backend {
@@ -44,6 +47,7 @@ impl Backend {
             Self::Afxdp => "afxdp",
             Self::Sockets => "sockets",
             Self::All => "all",
+            Self::None => "none",
         }
     }
 
@@ -54,6 +58,7 @@ impl Backend {
             Self::Afxdp => &[Self::Afxdp],
             Self::Sockets => &[Self::Sockets],
             Self::All => &[Self::Xdp, Self::Afxdp, Self::Sockets],
+            Self::None => &[Self::None],
         }
     }
 }
@@ -110,6 +115,35 @@ impl Topology {
     }
 }
 
+/// How the streams get to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Setup {
+    /// The relay runs inside `sluice-bench`, which installs one rule per stream through the
+    /// forwarder API: the dataplane alone.
+    #[default]
+    Direct,
+    /// `sluice relay` runs as its own process in the relay namespace and every stream is set up
+    /// with an ng offer and answer, as a SIP proxy would (and as `--against rtpengine` does).
+    Ng,
+}
+
+impl Setup {
+    /// Name used in reports (the `setup` key).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Ng => "ng",
+        }
+    }
+}
+
+/// A reference relay to compare Sluice with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Against {
+    /// rtpengine (Debian's `rtpengine-daemon`), userspace forwarding (`--table=-1`).
+    Rtpengine,
+}
+
 /// Arguments of `sluice-bench streams`.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct StreamsArgs {
@@ -134,6 +168,38 @@ pub struct StreamsArgs {
     /// AF_XDP worker placement (the `afxdp` backend only).
     #[arg(long, value_enum, default_value_t = Pinning::Plan)]
     pub pin: Pinning,
+    /// How the streams are set up: in-process rules, or a `sluice relay` process over ng.
+    #[arg(long, value_enum, default_value_t = Setup::Direct)]
+    pub setup: Setup,
+    /// Also measure this relay with the same arguments (Sluice then runs as `sluice relay` over
+    /// ng, like it) and print both side by side with their ratio.
+    #[arg(long, value_enum)]
+    pub against: Option<Against>,
+    /// Sweep the stream count upward (from `--start`, times `--step-factor`, up to `--max`) until
+    /// the loss crosses `--loss-threshold` or the generator saturates; `--streams` is ignored.
+    #[arg(long)]
+    pub sweep: bool,
+    /// First stream count of a sweep.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub start: u32,
+    /// Each step of a sweep multiplies the stream count by this.
+    #[arg(long, default_value_t = 2.0)]
+    pub step_factor: f64,
+    /// Largest stream count of a sweep.
+    #[arg(long, default_value_t = 16_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max: u32,
+    /// Loss ratio above which a step is not clean (0.001 is 0.1%).
+    #[arg(long, default_value_t = 0.001)]
+    pub loss_threshold: f64,
+    /// A sweep starts no step that would end after this many seconds in total.
+    #[arg(long, default_value_t = 900)]
+    pub max_time: u64,
+    /// The `sluice` binary for `--setup ng` (default: `$SLUICE_BIN`, else next to this binary).
+    #[arg(long)]
+    pub sluice_bin: Option<std::path::PathBuf>,
+    /// The `rtpengine` binary for `--against rtpengine`.
+    #[arg(long, default_value = "rtpengine")]
+    pub rtpengine_bin: std::path::PathBuf,
 }
 
 #[cfg(test)]
@@ -167,6 +233,16 @@ mod tests {
                 topology: Topology::OneArm,
                 generator: Generator::Xdp,
                 pin: Pinning::Plan,
+                setup: Setup::Direct,
+                against: None,
+                sweep: false,
+                start: 500,
+                step_factor: 2.0,
+                max: 16_000,
+                loss_threshold: 0.001,
+                max_time: 900,
+                sluice_bin: None,
+                rtpengine_bin: "rtpengine".into(),
             }
         );
     }
@@ -197,6 +273,7 @@ mod tests {
             ("afxdp", Backend::Afxdp),
             ("sockets", Backend::Sockets),
             ("all", Backend::All),
+            ("none", Backend::None),
         ] {
             let cli =
                 Cli::try_parse_from(["sluice-bench", "streams", "--backend", name]).expect("parse");
@@ -206,6 +283,44 @@ mod tests {
         }
         assert_eq!(Backend::All.expand().len(), 3);
         assert_eq!(Backend::Sockets.expand(), &[Backend::Sockets]);
+    }
+
+    #[test]
+    fn parses_sweep_and_against() {
+        let cli = Cli::try_parse_from([
+            "sluice-bench",
+            "streams",
+            "--backend",
+            "xdp",
+            "--sweep",
+            "--start",
+            "20",
+            "--step-factor",
+            "2",
+            "--max",
+            "40",
+            "--loss-threshold",
+            "0.01",
+            "--against",
+            "rtpengine",
+        ])
+        .expect("parse");
+        let Command::Streams(a) = cli.command;
+        assert!(a.sweep);
+        assert_eq!((a.start, a.max), (20, 40));
+        assert_eq!(a.against, Some(Against::Rtpengine));
+        assert_eq!(a.loss_threshold, 0.01);
+        let cli = Cli::try_parse_from([
+            "sluice-bench",
+            "streams",
+            "--backend",
+            "xdp",
+            "--setup",
+            "ng",
+        ])
+        .expect("parse");
+        let Command::Streams(a) = cli.command;
+        assert_eq!(a.setup, Setup::Ng);
     }
 
     #[test]

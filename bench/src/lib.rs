@@ -16,12 +16,16 @@
 
 pub mod cli;
 pub mod clock;
+pub mod external;
 pub mod generator;
+pub mod ng;
+pub mod procstat;
 pub mod receiver;
 pub mod relay_backend;
 pub mod report;
 pub mod rtp;
 pub mod session;
+pub mod sweep;
 mod sys;
 pub mod threads;
 pub mod xdpgen;

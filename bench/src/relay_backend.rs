@@ -38,11 +38,11 @@ use crate::threads::ThreadTimes;
 use crate::xdpgen::{FramePath, XdpGenerator};
 
 /// First relay port; each stream takes four (its RTP and RTCP, and the other leg's).
-const BASE_PORT: u16 = 20000;
-const CALLER_PORT: u16 = 4000;
-const CALLEE_PORT: u16 = 5000;
+pub(crate) const BASE_PORT: u16 = 20000;
+pub(crate) const CALLER_PORT: u16 = 4000;
+pub(crate) const CALLEE_PORT: u16 = 5000;
 /// Socket buffers: a second of 2000 streams' packets, so a scheduling hiccup loses nothing.
-const SOCKET_BUFFER: usize = 64 << 20;
+pub(crate) const SOCKET_BUFFER: usize = 64 << 20;
 /// The socket relay's buffers per socket: each relay socket carries one stream (50 packets/s),
 /// so a few hundred kilobytes hold seconds of it; the sum over 4000 sockets is what matters.
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
@@ -122,6 +122,9 @@ pub fn run(args: &StreamsArgs, backend: Backend) -> Result<StreamsReport> {
     if backend == Backend::All {
         bail!("run one backend at a time; `all` is a sequence of runs");
     }
+    if backend == Backend::None {
+        return crate::external::run(args, crate::external::RelayKind::None);
+    }
     if args.streams > MAX_STREAMS {
         bail!(
             "--streams {}: at most {MAX_STREAMS} with one relay address",
@@ -140,6 +143,9 @@ pub fn run(args: &StreamsArgs, backend: Backend) -> Result<StreamsReport> {
     };
     let bed = Testbed::build(kind, "bench").context("building the namespaces")?;
     let mut relay = start(&bed, args, backend)?;
+    let pid = crate::procstat::self_pid();
+    let rss_idle = crate::procstat::rss_bytes(pid);
+    let setup_started = std::time::Instant::now();
 
     let callee = SocketAddrV4::new(bed.callee_addr(), CALLEE_PORT);
     let mut dests = Vec::new();
@@ -164,6 +170,7 @@ pub fn run(args: &StreamsArgs, backend: Backend) -> Result<StreamsReport> {
                 .collect::<Result<Vec<_>, _>>()
         })?
         .context("installing the streams")?;
+    let setup_s = setup_started.elapsed().as_secs_f64();
 
     let caller = SocketAddrV4::new(bed.caller_addr(), CALLER_PORT);
     let tx = bed
@@ -268,6 +275,26 @@ pub fn run(args: &StreamsArgs, backend: Backend) -> Result<StreamsReport> {
     );
     report.generator = args.generator.as_str().to_owned();
     report.relay_drops = Some(verdicts.drops());
+    report.setup_s = setup_s;
+    let bpf_cpu = match (after_prog, before_prog) {
+        (Some(after), Some(before)) => Some(after.run_time_ns.saturating_sub(before.run_time_ns)),
+        _ => None,
+    };
+    let thread_cpu = match (&after_threads, &before_threads) {
+        (Some(after), Some(before)) => Some(after.since(before)),
+        _ => None,
+    };
+    report.relay_cpu_s = match (bpf_cpu, thread_cpu) {
+        (None, None) => None,
+        (b, t) => Some((b.unwrap_or(0) + t.unwrap_or(0)) as f64 / 1e9),
+    };
+    let (maps, _) = crate::procstat::bpf_map_bytes(pid);
+    report.set_memory(
+        "bench process",
+        rss_idle,
+        crate::procstat::rss_bytes(pid),
+        maps,
+    );
     // The relay (and its sockets and workers) go before the namespaces.
     drop(relay);
     drop(bed);
@@ -354,7 +381,7 @@ fn start(bed: &Testbed, args: &StreamsArgs, backend: Backend) -> Result<Relay> {
             );
             Ok(Relay::Sockets { relay, _pass: pass })
         }
-        Backend::All => bail!("`all` is not one backend"),
+        Backend::All | Backend::None => bail!("`{}` is not a relay backend", backend.as_str()),
     }
 }
 
@@ -400,7 +427,7 @@ fn pin_current_thread(cpu: usize) {
 
 /// Raises this process's open-file limit to at least `wanted` (the socket relay binds two
 /// sockets per stream), as far as the hard limit allows, or beyond it as root.
-fn raise_fd_limit(wanted: u64) {
+pub(crate) fn raise_fd_limit(wanted: u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -433,7 +460,7 @@ fn raise_fd_limit(wanted: u64) {
 }
 
 /// The caller's interface and the relay interface on the caller's segment.
-fn caller_path(bed: &Testbed) -> (&'static str, &'static str) {
+pub(crate) fn caller_path(bed: &Testbed) -> (&'static str, &'static str) {
     match bed.kind() {
         TopologyKind::TwoArm => (
             sluice_dataplane::netns::TwoArm::CALLER_IFACE,
@@ -448,7 +475,7 @@ fn caller_path(bed: &Testbed) -> (&'static str, &'static str) {
 
 /// One packet through the relay before measuring, so the neighbour entries exist and the first
 /// measured packets are not the ones the stack forwards while it resolves them.
-fn warm_up(
+pub(crate) fn warm_up(
     bed: &Testbed,
     tx: &std::net::UdpSocket,
     rx: &std::net::UdpSocket,

@@ -107,6 +107,39 @@ pub struct StreamsReport {
     pub generator_max_lateness_ms: f64,
     /// CPU seconds consumed by the receiver thread.
     pub receiver_cpu_s: f64,
+    /// Which relay: `"sluice"`, `"rtpengine"`, or `"none"` (the kernel routes, the baseline).
+    #[serde(default)]
+    pub relay: String,
+    /// How the streams were set up: `"direct"` (rules installed in-process through the
+    /// forwarder API), `"ng"` (a relay process, one ng offer/answer per stream) or `"none"`.
+    #[serde(default)]
+    pub setup: String,
+    /// Seconds taken to set the streams up (all the offers and answers, for `ng`).
+    #[serde(default)]
+    pub setup_s: f64,
+    /// The relay's CPU seconds during the session: its process (or, in-process, its worker
+    /// threads) plus the run time of its BPF programs; separate from `generator_cpu_s`.
+    #[serde(default)]
+    pub relay_cpu_s: Option<f64>,
+    /// Whose memory the `relay_rss_*` keys are: `"relay process"`, or `"bench process"` when
+    /// the relay runs inside `sluice-bench` (then the generator and receiver are included).
+    #[serde(default)]
+    pub memory_of: String,
+    /// Resident memory (VmRSS) after the streams were set up and the session ran, bytes.
+    #[serde(default)]
+    pub relay_rss_bytes: Option<u64>,
+    /// Resident memory with the relay started and no streams yet, bytes.
+    #[serde(default)]
+    pub relay_rss_idle_bytes: Option<u64>,
+    /// `(relay_rss_bytes - relay_rss_idle_bytes) / streams`.
+    #[serde(default)]
+    pub rss_per_call_bytes: Option<f64>,
+    /// Memory of the BPF maps the relay holds (sum of `memlock` over its map fds), bytes.
+    #[serde(default)]
+    pub bpf_map_bytes: Option<u64>,
+    /// `bpf_map_bytes / streams` (the maps are sized when loaded, not per call).
+    #[serde(default)]
+    pub bpf_map_per_call_bytes: Option<f64>,
 }
 
 impl StreamsReport {
@@ -157,7 +190,31 @@ impl StreamsReport {
             generator_late: g.late,
             generator_max_lateness_ms: g.max_lateness.as_secs_f64() * 1e3,
             receiver_cpu_s: r.cpu_time.as_secs_f64(),
+            relay: "sluice".to_owned(),
+            setup: "direct".to_owned(),
+            setup_s: 0.0,
+            relay_cpu_s: None,
+            memory_of: String::new(),
+            relay_rss_bytes: None,
+            relay_rss_idle_bytes: None,
+            rss_per_call_bytes: None,
+            bpf_map_bytes: None,
+            bpf_map_per_call_bytes: None,
         }
+    }
+
+    /// Fills the memory keys from readings of the relay.
+    pub fn set_memory(&mut self, of: &str, idle: Option<u64>, rss: Option<u64>, maps: u64) {
+        self.memory_of = of.to_owned();
+        self.relay_rss_idle_bytes = idle;
+        self.relay_rss_bytes = rss;
+        let calls = self.streams.max(1) as f64;
+        self.rss_per_call_bytes = match (rss, idle) {
+            (Some(r), Some(i)) => Some(r.saturating_sub(i) as f64 / calls),
+            _ => None,
+        };
+        self.bpf_map_bytes = Some(maps);
+        self.bpf_map_per_call_bytes = Some(maps as f64 / calls);
     }
 
     /// Pretty JSON rendering.
@@ -175,6 +232,19 @@ pub(crate) fn ns(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.1}"))
 }
 
+/// A float with `digits` decimals, or `n/a`.
+pub(crate) fn opt_f(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// Bytes as MiB with one decimal, or `n/a`.
+pub(crate) fn mib(v: Option<u64>) -> String {
+    v.map_or_else(
+        || "n/a".to_owned(),
+        |v| format!("{:.1}", v as f64 / 1048576.0),
+    )
+}
+
 impl fmt::Display for StreamsReport {
     /// A short human-readable table.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,6 +254,13 @@ impl fmt::Display for StreamsReport {
             "backend {}  topology {}  streams {}  duration {:.1}s",
             self.backend, self.topology, self.streams, self.duration_s
         )?;
+        if !self.relay.is_empty() {
+            writeln!(
+                f,
+                "  relay {}  setup {}  ({:.2}s)",
+                self.relay, self.setup, self.setup_s
+            )?;
+        }
         writeln!(f, "  {:<22}{:>14}", "sent", self.sent)?;
         writeln!(f, "  {:<22}{:>14}", "received", self.received)?;
         writeln!(
@@ -244,6 +321,18 @@ impl fmt::Display for StreamsReport {
             "generator cpu s",
             format!("{:.3}", self.generator_cpu_s)
         )?;
+        writeln!(
+            f,
+            "  {:<22}{:>14}",
+            "relay cpu s",
+            opt_f(self.relay_cpu_s, 3)
+        )?;
+        writeln!(
+            f,
+            "  {:<22}{:>14}",
+            "rss/maps MiB",
+            format!("{}/{}", mib(self.relay_rss_bytes), mib(self.bpf_map_bytes))
+        )?;
         write!(
             f,
             "  {:<22}{:>14}",
@@ -259,7 +348,7 @@ impl fmt::Display for StreamsReport {
 /// Reports of several backends measured one after the other, as a table with one column each.
 pub fn side_by_side(reports: &[StreamsReport]) -> String {
     type Row = (&'static str, fn(&StreamsReport) -> String);
-    let rows: [Row; 18] = [
+    let rows: [Row; 22] = [
         ("topology", |r| r.topology.clone()),
         ("generator", |r| r.generator.clone()),
         ("streams", |r| r.streams.to_string()),
@@ -278,6 +367,10 @@ pub fn side_by_side(reports: &[StreamsReport]) -> String {
         ("rate pps achieved", |r| format!("{:.0}", r.achieved_pps)),
         ("generator cpu s", |r| format!("{:.3}", r.generator_cpu_s)),
         ("generator saturated", |r| r.generator_saturated.to_string()),
+        ("relay cpu s", |r| opt_f(r.relay_cpu_s, 3)),
+        ("relay rss MiB", |r| mib(r.relay_rss_bytes)),
+        ("bpf maps MiB", |r| mib(r.bpf_map_bytes)),
+        ("rss B/call", |r| opt_f(r.rss_per_call_bytes, 0)),
     ];
     let mut out = format!("{:<22}", "backend");
     for r in reports {
@@ -336,6 +429,16 @@ mod tests {
             generator_late: 0,
             generator_max_lateness_ms: 0.5,
             receiver_cpu_s: 0.01,
+            relay: "sluice".into(),
+            setup: "direct".into(),
+            setup_s: 0.0,
+            relay_cpu_s: None,
+            memory_of: "bench process".into(),
+            relay_rss_bytes: None,
+            relay_rss_idle_bytes: None,
+            rss_per_call_bytes: None,
+            bpf_map_bytes: None,
+            bpf_map_per_call_bytes: None,
         }
     }
 
