@@ -100,6 +100,10 @@ struct Call {
     /// What streams removed before the end of the call (a re-INVITE rejecting one, rtcp-mux
     /// agreed later) carried, so the call's totals keep it.
     retired: Retired,
+    /// Before this time the media timeout cannot fire, so `poll` does not read the call's
+    /// counters (a read is a map lookup per stream: thousands of calls polled several times a
+    /// second would cost the relay process a noticeable share of a core). Reset by signalling.
+    media_check_at: Duration,
 }
 
 /// The final counters of the streams a call no longer has.
@@ -289,6 +293,7 @@ impl SessionManager {
                 streams: Vec::new(),
                 strict_source: signal.strict_source,
                 retired: Retired::default(),
+                media_check_at: Duration::ZERO,
             };
             self.calls.insert(signal.call_id.clone(), call);
         }
@@ -360,6 +365,7 @@ impl SessionManager {
         call.ports = all_ports;
         call.offerer = offerer;
         call.last_signal = now;
+        call.media_check_at = Duration::ZERO;
         if signal.label.is_some() {
             call.label = signal.label.clone();
         }
@@ -402,6 +408,7 @@ impl SessionManager {
         party.symmetry = signal.symmetry;
         party.media = media;
         call.last_signal = now;
+        call.media_check_at = Duration::ZERO;
         call.strict_source |= signal.strict_source;
         Self::sync_rules(self.forwarder.as_mut(), call)?;
         if call.state == CallState::Offered {
@@ -589,7 +596,7 @@ impl SessionManager {
     pub fn poll(&mut self, now: Duration) -> Vec<Ended> {
         let t = self.config.timeouts;
         let mut expired = Vec::new();
-        for (id, call) in &self.calls {
+        for (id, call) in self.calls.iter_mut() {
             let cause = match call.state {
                 // Counted from the latest offer: a re-sent offer is still outstanding.
                 CallState::Offered => (now.saturating_sub(call.last_signal) >= t.offer)
@@ -600,6 +607,8 @@ impl SessionManager {
                         .is_some_and(|max| now.saturating_sub(answered) >= max)
                     {
                         Some(TerminationCause::MaxDuration)
+                    } else if now < call.media_check_at {
+                        None
                     } else {
                         let mut last = answered
                             .max(call.last_signal)
@@ -615,8 +624,13 @@ impl SessionManager {
                         } else {
                             t.media
                         };
-                        (now.saturating_sub(last) >= limit)
-                            .then_some(TerminationCause::MediaTimeout)
+                        if now.saturating_sub(last) >= limit {
+                            Some(TerminationCause::MediaTimeout)
+                        } else {
+                            // Nothing can expire before the last packet plus the limit.
+                            call.media_check_at = last + limit;
+                            None
+                        }
                     }
                 }
             };
