@@ -31,8 +31,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Relays a few calls' RTP through the XDP relay in network namespaces and prints the
-    /// per-stream counters (needs root).
+    /// Two phones behind two NATs register and call each other through `sluice run` in network
+    /// namespaces; prints the per-call streams and the CDRs (needs root and SIPp).
+    /// `--relay-only`: RTP alone through the relay, with the per-stream counters.
     Demo(demo::DemoArgs),
     /// Describes this host (CPUs, NUMA nodes, NIC ports), plans which cores serve which NIC
     /// queues and how much memory the maps get, and applies the tuning.

@@ -154,6 +154,8 @@ pub struct SipSection {
     pub listen: Vec<SocketAddr>,
     pub domains: Vec<String>,
     pub trusted: Vec<String>,
+    /// Digest algorithms offered in challenges, in order of preference (`SHA-256`, `MD5`, ...).
+    pub digest_algorithms: Vec<String>,
 }
 
 /// `[[account]]`
@@ -334,6 +336,18 @@ pub fn settings(args: &RunArgs) -> Result<RunSettings> {
     proxy.accounts = accounts;
     proxy.trusted = trusted;
     proxy.pstn = pstn;
+    proxy.digest_algorithms = file
+        .sip
+        .digest_algorithms
+        .iter()
+        .map(|name| {
+            sluice_sip::auth::Algorithm::from_name(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "sip.digest_algorithms: `{name}` is not a digest algorithm (MD5, SHA-256, ...)"
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
 
     let mut relay_args = RelayArgs {
         interfaces: args.interfaces.clone(),

@@ -849,6 +849,260 @@ impl OneArm {
     }
 }
 
+/// The tool that sets up masquerading in [`NatPair`]'s NAT namespaces: `nft` (Debian package
+/// nftables) when it is installed, else `iptables` (package iptables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatTool {
+    /// `nft`: a `nat` table with a masquerading postrouting chain.
+    Nft,
+    /// `iptables -t nat -A POSTROUTING -o w0 -j MASQUERADE`.
+    Iptables,
+}
+
+impl NatTool {
+    /// The installed tool, `nft` first; the error says which package to install.
+    pub fn find() -> Result<NatTool, String> {
+        if run_cmd("nft", &["--version"]).is_ok() {
+            return Ok(NatTool::Nft);
+        }
+        if run_cmd("iptables", &["--version"]).is_ok() {
+            return Ok(NatTool::Iptables);
+        }
+        Err(
+            "neither `nft` nor `iptables` can be run: install the Debian package nftables or \
+             iptables (`bash .ci/setup` does)"
+                .into(),
+        )
+    }
+
+    /// `nft` or `iptables`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatTool::Nft => "nft",
+            NatTool::Iptables => "iptables",
+        }
+    }
+
+    /// Masquerades what `ns` forwards out of `iface`.
+    fn masquerade(self, ns: &NetNs, iface: &str) -> Result<(), NetnsError> {
+        validate_ifname(iface)?;
+        match self {
+            NatTool::Nft => {
+                ns.exec(&["nft", "add", "table", "ip", "nat"])?;
+                ns.exec(&[
+                    "nft",
+                    "add chain ip nat postrouting { type nat hook postrouting priority 100 ; }",
+                ])?;
+                ns.exec(&[
+                    "nft",
+                    "add",
+                    "rule",
+                    "ip",
+                    "nat",
+                    "postrouting",
+                    "oifname",
+                    iface,
+                    "masquerade",
+                ])
+                .map(drop)
+            }
+            NatTool::Iptables => ns
+                .exec(&[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-o",
+                    iface,
+                    "-j",
+                    "MASQUERADE",
+                ])
+                .map(drop),
+        }
+    }
+}
+
+/// Two parties, each on a private network behind its own masquerading NAT, and a server between
+/// the NATs' public sides (the SIP proxy and relay in `sluice demo`):
+///
+/// ```text
+/// [alice] a0 192.168.1.2 ── n0 192.168.1.1 [nat-a] w0 10.80.1.2 ── s0 10.80.1.1 [server]
+/// [bob]   b0 192.168.2.2 ── n0 192.168.2.1 [nat-b] w0 10.80.2.2 ── s1 10.80.2.1 [server]
+/// ```
+///
+/// Each NAT forwards and masquerades what leaves through `w0`, so the server sees alice as
+/// 10.80.1.2 and bob as 10.80.2.2, and reaches them only through the NATs' connection tracking
+/// (it has no route to the private networks). The server does not forward between `s0` and
+/// `s1` by itself (forwarding is on for the XDP program's FIB lookups, but the NATs have routes
+/// only to their own side).
+#[derive(Debug)]
+pub struct NatPair {
+    // Field order is drop order: reverse of creation.
+    bob: NetNs,
+    nat_b: NetNs,
+    server: NetNs,
+    nat_a: NetNs,
+    alice: NetNs,
+    tool: NatTool,
+}
+
+impl NatPair {
+    /// Alice's interface.
+    pub const ALICE_IFACE: &'static str = "a0";
+    /// Bob's interface.
+    pub const BOB_IFACE: &'static str = "b0";
+    /// Each NAT's private (inside) interface.
+    pub const NAT_INSIDE_IFACE: &'static str = "n0";
+    /// Each NAT's public (outside) interface, the masquerading one.
+    pub const NAT_OUTSIDE_IFACE: &'static str = "w0";
+    /// The server's interface facing alice's NAT.
+    pub const SERVER_A_IFACE: &'static str = "s0";
+    /// The server's interface facing bob's NAT.
+    pub const SERVER_B_IFACE: &'static str = "s1";
+    /// Alice's private address.
+    pub const ALICE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+    /// Alice's NAT on her network (her default gateway).
+    pub const NAT_A_INSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    /// Alice's NAT's public address: what the server sees of her.
+    pub const NAT_A_PUBLIC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 80, 1, 2);
+    /// The server's address facing alice's NAT.
+    pub const SERVER_A_ADDR: Ipv4Addr = Ipv4Addr::new(10, 80, 1, 1);
+    /// Bob's private address.
+    pub const BOB_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 2);
+    /// Bob's NAT on his network (his default gateway).
+    pub const NAT_B_INSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 1);
+    /// Bob's NAT's public address: what the server sees of him.
+    pub const NAT_B_PUBLIC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 80, 2, 2);
+    /// The server's address facing bob's NAT.
+    pub const SERVER_B_ADDR: Ipv4Addr = Ipv4Addr::new(10, 80, 2, 1);
+    /// Prefix length of every segment.
+    pub const PREFIX_LEN: u8 = 24;
+
+    /// Builds the topology with the NAT tool found by [`NatTool::find`] (an error naming the
+    /// package if there is none); namespaces are named `<tag>-alice-…`, `<tag>-nata-…`,
+    /// `<tag>-server-…`, `<tag>-natb-…`, `<tag>-bob-…`. On error everything created so far is
+    /// removed.
+    pub fn build(tag: &str) -> Result<NatPair, NetnsError> {
+        let tool = NatTool::find().map_err(|why| NetnsError::Spawn {
+            cmd: "nft --version / iptables --version".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, why),
+        })?;
+        let alice = NetNs::create(&format!("{tag}-alice"))?;
+        let nat_a = NetNs::create(&format!("{tag}-nata"))?;
+        let server = NetNs::create(&format!("{tag}-server"))?;
+        let nat_b = NetNs::create(&format!("{tag}-natb"))?;
+        let bob = NetNs::create(&format!("{tag}-bob"))?;
+        let pair = NatPair {
+            bob,
+            nat_b,
+            server,
+            nat_a,
+            alice,
+            tool,
+        };
+        for (
+            party,
+            party_iface,
+            party_cidr,
+            nat,
+            inside_cidr,
+            outside_cidr,
+            server_iface,
+            server_cidr,
+            gateway,
+            server_addr,
+        ) in [
+            (
+                &pair.alice,
+                Self::ALICE_IFACE,
+                "192.168.1.2/24",
+                &pair.nat_a,
+                "192.168.1.1/24",
+                "10.80.1.2/24",
+                Self::SERVER_A_IFACE,
+                "10.80.1.1/24",
+                Self::NAT_A_INSIDE_ADDR,
+                Self::SERVER_A_ADDR,
+            ),
+            (
+                &pair.bob,
+                Self::BOB_IFACE,
+                "192.168.2.2/24",
+                &pair.nat_b,
+                "192.168.2.1/24",
+                "10.80.2.2/24",
+                Self::SERVER_B_IFACE,
+                "10.80.2.1/24",
+                Self::NAT_B_INSIDE_ADDR,
+                Self::SERVER_B_ADDR,
+            ),
+        ] {
+            wire(
+                party,
+                party_iface,
+                Some(party_cidr),
+                nat,
+                Self::NAT_INSIDE_IFACE,
+                Some(inside_cidr),
+            )?;
+            wire(
+                nat,
+                Self::NAT_OUTSIDE_IFACE,
+                Some(outside_cidr),
+                &pair.server,
+                server_iface,
+                Some(server_cidr),
+            )?;
+            party.default_route(gateway)?;
+            nat.default_route(server_addr)?;
+            nat.sysctl("net.ipv4.ip_forward", "1")?;
+            tool.masquerade(nat, Self::NAT_OUTSIDE_IFACE)?;
+        }
+        relay_sysctls(&pair.server, &[Self::SERVER_A_IFACE, Self::SERVER_B_IFACE])?;
+        Ok(pair)
+    }
+
+    /// Alice's namespace (private network).
+    pub fn alice(&self) -> &NetNs {
+        &self.alice
+    }
+
+    /// Alice's NAT.
+    pub fn nat_a(&self) -> &NetNs {
+        &self.nat_a
+    }
+
+    /// The server's namespace, between the NATs.
+    pub fn server(&self) -> &NetNs {
+        &self.server
+    }
+
+    /// Bob's NAT.
+    pub fn nat_b(&self) -> &NetNs {
+        &self.nat_b
+    }
+
+    /// Bob's namespace (private network).
+    pub fn bob(&self) -> &NetNs {
+        &self.bob
+    }
+
+    /// The tool that set up the masquerading.
+    pub fn nat_tool(&self) -> NatTool {
+        self.tool
+    }
+
+    /// Veth peers of the server's interfaces (the NATs' public sides), which need an XDP
+    /// program for the server's XDP_REDIRECT into them to be delivered.
+    pub fn far_ends(&self) -> Vec<(&NetNs, &'static str)> {
+        vec![
+            (&self.nat_a, Self::NAT_OUTSIDE_IFACE),
+            (&self.nat_b, Self::NAT_OUTSIDE_IFACE),
+        ]
+    }
+}
+
 /// Checks whether this process can build topologies, and says why not.
 ///
 /// Requires root, the `ip` binary (iproute2) and `ethtool`, and actually
@@ -1096,5 +1350,54 @@ mod tests {
             other => panic!("expected Command error, got {other:?}"),
         }
         assert!(ns.exec(&["true"]).is_ok());
+    }
+    #[test]
+    fn nat_pair_masquerades() {
+        if !netns_available("nat_pair_masquerades") {
+            return;
+        }
+        if let Err(why) = NatTool::find() {
+            if std::env::var_os("CI").is_some() {
+                panic!("nat_pair_masquerades: {why}");
+            }
+            eprintln!("skipping nat_pair_masquerades: {why}");
+            return;
+        }
+        let t = match NatPair::build("tnat") {
+            Ok(t) => t,
+            Err(e) => panic!("build: {e}"),
+        };
+        ping(t.alice(), NatPair::SERVER_A_ADDR);
+        ping(t.bob(), NatPair::SERVER_B_ADDR);
+        // The server sees alice as her NAT's public address, and cannot reach her directly.
+        let rx = t.server().spawn(|| -> io::Result<std::net::SocketAddr> {
+            let sock = UdpSocket::bind((NatPair::SERVER_A_ADDR, 4000))?;
+            sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0u8; 64];
+            let (_, from) = sock.recv_from(&mut buf)?;
+            Ok(from)
+        });
+        let rx = match rx {
+            Ok(h) => h,
+            Err(e) => panic!("spawn: {e}"),
+        };
+        let sent = t.alice().run(|| -> io::Result<()> {
+            let sock = UdpSocket::bind((NatPair::ALICE_ADDR, 0))?;
+            for _ in 0..20 {
+                sock.send_to(b"hello", (NatPair::SERVER_A_ADDR, 4000))?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(())
+        });
+        assert!(matches!(sent, Ok(Ok(()))), "{sent:?}");
+        let from = rx.join();
+        assert!(
+            matches!(&from, Ok(Ok(a)) if a.ip() == std::net::IpAddr::V4(NatPair::NAT_A_PUBLIC_ADDR)),
+            "{from:?}"
+        );
+        assert!(t
+            .server()
+            .exec(&["ping", "-c1", "-W1", "192.168.1.2"])
+            .is_err());
     }
 }

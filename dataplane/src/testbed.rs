@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::netns::{NetNs, NetnsError, OneArm, TwoArm};
+use crate::netns::{NatPair, NetNs, NetnsError, OneArm, TwoArm};
 use crate::{
     start_forwarder, AttachMode, AttachedMode, BackendChoice, Dataplane, DataplaneConfig,
     DataplaneError, ForwarderConfig, PassProgram, StartedForwarder,
@@ -210,5 +210,33 @@ impl Testbed {
     ) -> Result<StartedForwarder, TestbedError> {
         config.ifaces = self.relay_ifaces().iter().map(|i| i.to_string()).collect();
         Ok(self.relay().run(|| start_forwarder(choice, &config))??)
+    }
+}
+
+/// [`NatPair`] ready for a relay in its server namespace: the pass programs the NATs' public
+/// veths need for the server's XDP_TX / XDP_REDIRECT into them. `sluice demo` starts here.
+pub struct NatTestbed {
+    // Detached before the namespaces go away.
+    _pass: Vec<PassProgram>,
+    topology: NatPair,
+}
+
+impl NatTestbed {
+    /// Builds the namespaces (see [`NatPair::build`]) and attaches the pass programs.
+    pub fn build(tag: &str) -> Result<Self, TestbedError> {
+        let topology = NatPair::build(tag)?;
+        let mut pass = Vec::new();
+        for (ns, iface) in topology.far_ends() {
+            pass.push(ns.run(|| PassProgram::attach(iface))??);
+        }
+        Ok(Self {
+            _pass: pass,
+            topology,
+        })
+    }
+
+    /// The namespaces and their addresses.
+    pub fn topology(&self) -> &NatPair {
+        &self.topology
     }
 }

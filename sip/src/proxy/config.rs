@@ -159,6 +159,10 @@ pub struct ProxyConfig {
     pub registrar: RegistrarConfig,
     /// Transaction timers (the proxy forces [`crate::transaction::TryingPolicy::Immediate`]).
     pub transactions: crate::transaction::Config,
+    /// Digest algorithms offered in challenges, in order of preference; empty = the
+    /// authenticator's default (SHA-256, then MD5). Many phones (and SIPp) read only the first
+    /// challenge and know only MD5, so a carrier may need `[MD5]`.
+    pub digest_algorithms: Vec<crate::auth::Algorithm>,
 }
 
 impl ProxyConfig {
@@ -172,6 +176,7 @@ impl ProxyConfig {
             pstn: Vec::new(),
             registrar: RegistrarConfig::default(),
             transactions: crate::transaction::Config::default(),
+            digest_algorithms: Vec::new(),
         }
     }
 

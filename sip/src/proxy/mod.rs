@@ -388,7 +388,11 @@ impl<R: MediaRelay> ProxyCore<R> {
         }
         let mut auths = HashMap::new();
         for d in &config.domains {
-            let auth = Authenticator::new(AuthConfig::new(d.clone(), seed.to_vec()))?;
+            let mut auth_config = AuthConfig::new(d.clone(), seed.to_vec());
+            if !config.digest_algorithms.is_empty() {
+                auth_config.algorithms = config.digest_algorithms.clone();
+            }
+            let auth = Authenticator::new(auth_config)?;
             auths.insert(d.to_ascii_lowercase(), auth);
         }
         let registrar = Registrar::in_memory(config.registrar)?;
