@@ -6,64 +6,18 @@
 //! Run time: about 25 s. Without root or `sipp` this skips with the reason, unless `CI` is set:
 //! then it fails.
 
-use std::path::{Path, PathBuf};
+#[path = "common/harness.rs"]
+mod harness;
+
 use std::process::{Command, Stdio};
+
+use harness::{in_path, sluice_binary};
 
 use sluice_dataplane::netns::privileged_test;
 
 /// The NATs' public addresses (`sluice_dataplane::netns::NatPair`).
 const NAT_A_PUBLIC: &str = "10.80.1.2";
 const NAT_B_PUBLIC: &str = "10.80.2.2";
-
-/// The `sluice` binary of this build: `SLUICE_BIN`, or what `cargo build -p sluice --bin sluice`
-/// reports (as in sip_proxy.rs, with the same toolchain, target directory and profile).
-fn sluice_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-        return Ok(bin.into());
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the tests crate has no parent directory")?;
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "-p", "sluice", "--bin", "sluice"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let release = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.file_name()? == "release"))
-        .unwrap_or(false);
-    if release {
-        build.arg("--release");
-    }
-    let out = build
-        .output()
-        .map_err(|e| format!("running cargo build: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo build -p sluice: {}", out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("\"name\":\"sluice\""))
-        .find_map(|l| {
-            let rest = l.split("\"executable\":\"").nth(1)?;
-            let exe = rest.split('"').next()?;
-            (!exe.is_empty()).then(|| PathBuf::from(exe.replace("\\\\", "\\")))
-        })
-        .ok_or_else(|| "cargo build reported no `sluice` executable".to_owned())
-}
-
-fn sipp_installed() -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin"].map(PathBuf::from))
-        .any(|dir| dir.join("sipp").is_file())
-}
 
 /// A CDR line's counters: the four columns before the Call-ID (IN PKTS, IN BYTES, OUT PKTS,
 /// OUT BYTES), as `sluice cdrs` prints them.
@@ -81,7 +35,7 @@ fn the_demo_shows_two_calls_through_two_nats() {
     if !privileged_test(TEST) {
         return;
     }
-    if !sipp_installed() {
+    if in_path("sipp").is_none() {
         if std::env::var_os("CI").is_some() {
             panic!("{TEST}: CI must run this test: no `sipp` (Debian package sip-tester)");
         }

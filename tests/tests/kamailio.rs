@@ -24,11 +24,17 @@
 //! Without `kamailio`, `sipp` or root this skips with the reason, unless `CI` is set: then it
 //! fails. `.ci/setup` installs both packages.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+#[path = "common/harness.rs"]
+mod harness;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use harness::{
+    http_get, in_path, sipp_stat, sluice_binary, wait_for_healthz, wait_for_udp_listener, Proc,
+    WorkDir,
+};
 
 use sluice_dataplane::netns::{NetNs, TwoArm};
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
@@ -57,77 +63,6 @@ struct Tools {
     kamailio: PathBuf,
     sipp: PathBuf,
     sluice: PathBuf,
-}
-
-fn in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The `sluice` binary of this build: `SLUICE_BIN`, or what `cargo build -p sluice --bin sluice`
-/// reports (a no-op when `cargo test --workspace` has just built it; `cargo test -p
-/// sluice-tests` builds no other package's binaries). It runs with the environment `cargo test`
-/// gave this process, so the same toolchain and target directory, `--release` if this test
-/// was built so.
-fn sluice_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-        return Ok(bin.into());
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the tests crate has no parent directory")?;
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "-p", "sluice", "--bin", "sluice"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let release = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.file_name()? == "release"))
-        .unwrap_or(false);
-    if release {
-        build.arg("--release");
-    }
-    // Another cargo may hold the build directory's lock for a while, but not for ever.
-    let mut child = build
-        .spawn()
-        .map_err(|e| format!("running cargo build: {e}"))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("cargo build: {e}"))? {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(900) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err("cargo build -p sluice took over 15 minutes".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("cargo build -p sluice: {status}"));
-    }
-    // One JSON message a line; the one for the `sluice` binary names its executable.
-    out.lines()
-        .filter_map(|line| Json::parse(line).ok())
-        .filter(|m| m.get("reason").as_str() == Some("compiler-artifact"))
-        .filter(|m| m.get("target").get("name").as_str() == Some("sluice"))
-        .find_map(|m| m.get("executable").as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo build reported no `sluice` executable".to_owned())
 }
 
 /// The tools, or `None` (skip) with the reason printed; under `CI` a missing tool fails.
@@ -164,135 +99,9 @@ fn prerequisites(test: &str) -> Option<Tools> {
     })
 }
 
-/// A process started in a namespace with `ip netns exec` (which execs it, so the pid is the
-/// process's own), its output in a log file. Dropping it ends it by its pid.
-struct Proc {
-    what: &'static str,
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(ns: &NetNs, what: &'static str, program: &Path, args: &[String], dir: &Path) -> Self {
-        let log = dir.join(format!("{what}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(program)
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        Proc {
-            what,
-            child,
-            log,
-            status: None,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The exit status if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("wait");
-        }
-        self.status
-    }
-
-    /// Waits for it to exit by itself, at most `limit`.
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// Panics with its log if it has exited.
-    fn check_running(&mut self) {
-        if let Some(status) = self.exited() {
-            panic!("{} exited early ({status}):\n{}", self.what, self.log());
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it is still there after 5 s.
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        if self.wait(Duration::from_secs(5)).is_none() {
-            eprintln!("{} ignored SIGTERM; killing it", self.what);
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A scratch directory, removed unless the test failed (then its logs are worth reading).
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("work dir");
-        WorkDir(dir)
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs kept in {}", self.0.display());
-        } else if std::env::var_os("SLUICE_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// `GET path` on the management API, from the relay namespace: (status, body).
 fn api_get(ns: &NetNs, path: &str) -> std::io::Result<(u16, String)> {
-    let path = path.to_owned();
-    ns.run(move || -> std::io::Result<(u16, String)> {
-        let addr: SocketAddr = API.parse().expect("API address");
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {API}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Ok((status, body.to_owned()))
-    })
-    .expect("enter the relay namespace")
+    http_get(ns, API, path, Duration::from_secs(10))
 }
 
 fn api_json(ns: &NetNs, path: &str) -> Json {
@@ -338,36 +147,6 @@ fn wait_for_kamailio(bed: &Testbed, kamailio: &mut Proc) {
         }
     }
     panic!("Kamailio does not answer on {proxy}:\n{}", kamailio.log());
-}
-
-/// Waits until something listens on UDP `port` in `ns`.
-fn wait_for_udp_listener(ns: &NetNs, port: u16, proc: &mut Proc) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        proc.check_running();
-        let filter = format!("sport = :{port}");
-        if let Ok(out) = ns.exec(&["ss", "-H", "-u", "-l", "-n", &filter]) {
-            if !out.trim().is_empty() {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{} does not listen on UDP port {port}:\n{}",
-        proc.what,
-        proc.log()
-    );
-}
-
-/// SIPp's `-trace_stat` file: the named columns of its last line.
-fn sipp_stat(file: &Path, column: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.next_back()?.split(';').collect();
-    let i = header.iter().position(|h| *h == column)?;
-    last.get(i)?.trim().parse().ok()
 }
 
 fn metric(text: &str, name_and_labels: &str) -> u64 {
@@ -425,19 +204,13 @@ fn kamailio_through_sluice(backend: &str) {
         ],
         dir,
     );
-    let start = Instant::now();
-    loop {
-        sluice.check_running();
-        if matches!(api_get(bed.relay(), "/healthz"), Ok((200, _))) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "sluice relay never came up:\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_healthz(
+        bed.relay(),
+        API,
+        Duration::from_secs(10),
+        &mut sluice,
+        "sluice relay",
+    );
 
     // 2. Kamailio, pointed at Sluice's ng socket.
     let cfg = fixtures().join("kamailio.cfg");

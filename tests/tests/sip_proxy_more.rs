@@ -37,289 +37,36 @@
 //!
 //! Without root or `sipp` this skips with the reason, unless `CI` is set: then it fails.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/sip_bed.rs"]
+mod sip_bed;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sluice_dataplane::netns::{privileged_test, NetNs};
-use sluice_dataplane::testbed::{Testbed, TopologyKind};
+use harness::{sipp_stat, sipp_stat_text, wait_for_udp_listener, Proc};
+use sip_bed::{
+    assert_media_both_ways, fixtures, s, Bed, Setup, CALLEE_MEDIA_PORT, CALLER_MEDIA_PORT,
+    DEADLINE, SIPP_TIMEOUT_S, SIP_PORT,
+};
+use sluice_dataplane::netns::NetNs;
 
-const RECORDING: &str = "/usr/share/sip-tester/g711a.pcap";
-const API: &str = "127.0.0.1:8089";
-const SIP_PORT: u16 = 5060;
-const CALLER_MEDIA_PORT: u16 = 6000;
-const CALLEE_MEDIA_PORT: u16 = 7000;
-const MEDIA_TIMEOUT_S: u64 = 2;
-const SIPP_TIMEOUT_S: u64 = 60;
-const DEADLINE: Duration = Duration::from_secs(SIPP_TIMEOUT_S + 30);
-/// The forwarding path: the socket relay runs anywhere namespaces do.
-const BACKEND: &str = "sockets";
 /// The local domain and account of the REGISTER test.
 const DOMAIN: &str = "sluice.test";
 const USER: &str = "alice";
 const PASSWORD: &str = "secret";
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sipp")
-}
-
-fn in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The `sluice` binary of this build: `SLUICE_BIN`, or what `cargo build -p sluice --bin sluice`
-/// reports (as in sip_proxy.rs, with the same toolchain, target directory and profile).
-fn sluice_binary() -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("SLUICE_BIN") {
-        return Ok(bin.into());
+/// How the tests here start `sluice run`.
+fn setup(trust: &'static str, config: Option<String>, recording: bool) -> Setup {
+    Setup {
+        file: "sip_proxy_more",
+        trust,
+        config,
+        recording,
+        poll: Duration::from_millis(20),
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the tests crate has no parent directory")?;
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args(["build", "-p", "sluice", "--bin", "sluice"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let release = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.file_name()? == "release"))
-        .unwrap_or(false);
-    if release {
-        build.arg("--release");
-    }
-    let out = build
-        .output()
-        .map_err(|e| format!("running cargo build: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("cargo build -p sluice: {}", out.status));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter(|l| l.contains("\"compiler-artifact\"") && l.contains("\"name\":\"sluice\""))
-        .find_map(|l| {
-            let rest = l.split("\"executable\":\"").nth(1)?;
-            let exe = rest.split('"').next()?;
-            (!exe.is_empty()).then(|| PathBuf::from(exe.replace("\\\\", "\\")))
-        })
-        .ok_or_else(|| "cargo build reported no `sluice` executable".to_owned())
-}
-
-/// A process started in a namespace with `ip netns exec` (which execs it, so the pid is the
-/// process's own), its output in a log file. Dropping it ends it by its pid.
-struct Proc {
-    what: String,
-    child: Child,
-    log: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(ns: &NetNs, what: &str, program: &Path, args: &[String], dir: &Path) -> Self {
-        let log = dir.join(format!("{what}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(program)
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        Proc {
-            what: what.to_owned(),
-            child,
-            log,
-            status: None,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("wait");
-        }
-        self.status
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn check_running(&mut self) {
-        if let Some(status) = self.exited() {
-            panic!("{} exited early ({status}):\n{}", self.what, self.log());
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it is still there after 5 s.
-    fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill has no memory preconditions; the pid is our own unreaped child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        if self.wait(Duration::from_secs(5)).is_none() {
-            eprintln!("{} ignored SIGTERM; killing it", self.what);
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A scratch directory, removed unless the test failed.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("work dir");
-        WorkDir(dir)
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs kept in {}", self.0.display());
-        } else if std::env::var_os("SLUICE_KEEP_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// `GET path` on the management API, from the relay namespace: the status and the body.
-fn api_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    ns.run(move || -> std::io::Result<(u16, String)> {
-        let addr: SocketAddr = API.parse().expect("API address");
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {API}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
-    })
-    .ok()?
-    .ok()
-}
-
-fn wait_for_udp_listener(ns: &NetNs, port: u16, proc: &mut Proc) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        proc.check_running();
-        let filter = format!("sport = :{port}");
-        if let Ok(out) = ns.exec(&["ss", "-H", "-u", "-l", "-n", &filter]) {
-            if !out.trim().is_empty() {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{} does not listen on UDP port {port}:\n{}",
-        proc.what,
-        proc.log()
-    );
-}
-
-/// SIPp's `-trace_stat` file: the named column of its last line.
-fn sipp_stat_text(file: &Path, column: &str) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.next_back()?.split(';').collect();
-    let i = header.iter().position(|h| *h == column)?;
-    Some(last.get(i)?.trim().to_owned())
-}
-
-fn sipp_stat(file: &Path, column: &str) -> Option<u64> {
-    sipp_stat_text(file, column)?.parse().ok()
-}
-
-/// One CDR, by column name.
-struct CdrRow(Vec<(String, String)>);
-
-impl CdrRow {
-    fn get(&self, column: &str) -> &str {
-        self.0
-            .iter()
-            .find(|(k, _)| k == column)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no column {column}"))
-    }
-
-    fn count(&self, column: &str) -> u64 {
-        self.get(column)
-            .parse()
-            .unwrap_or_else(|_| panic!("{column} = {:?}", self.get(column)))
-    }
-}
-
-impl std::fmt::Debug for CdrRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| (k, v)))
-            .finish()
-    }
-}
-
-fn s(v: &str) -> String {
-    v.to_owned()
-}
-
-/// How `sluice run` is started.
-struct Setup {
-    /// `--trust`.
-    trust: &'static str,
-    /// A configuration file (`--config`), written into the test's directory.
-    config: Option<String>,
-    /// Whether the test plays the recording (checked to be there).
-    recording: bool,
 }
 
 /// Who a SIPp instance is and where it runs.
@@ -329,93 +76,7 @@ enum Side {
     Callee,
 }
 
-/// Everything a test runs: the namespaces, `sluice run` in the middle, and SIPp.
-struct Bed {
-    // Dropped in this order: processes first, then the namespaces, then the logs.
-    sluice: Proc,
-    bed: Testbed,
-    sipp: PathBuf,
-    sluice_bin: PathBuf,
-    work: WorkDir,
-}
-
 impl Bed {
-    fn start(test: &str, tag: &str, setup: Setup) -> Option<Self> {
-        if !privileged_test(test) {
-            return None;
-        }
-        let missing = |why: String| -> Option<Self> {
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: CI must run this test: {why}");
-            }
-            eprintln!("skipping {test}: {why}");
-            None
-        };
-        let Some(sipp) = in_path("sipp") else {
-            return missing("no `sipp` binary (Debian package sip-tester)".into());
-        };
-        if setup.recording && !Path::new(RECORDING).is_file() {
-            return missing(format!(
-                "{RECORDING} is missing (Debian package sip-tester)"
-            ));
-        }
-        let sluice_bin =
-            sluice_binary().unwrap_or_else(|e| panic!("{test}: the sluice binary: {e}"));
-        let bed = Testbed::build(TopologyKind::TwoArm, tag).expect("testbed");
-        let work = WorkDir::new(&format!("sip_proxy_more_{test}"));
-        let dir = work.0.clone();
-        let mut args = vec![
-            s("run"),
-            s("--listen"),
-            format!("{}:{SIP_PORT}", bed.relay_caller_addr()),
-            s("--listen"),
-            format!("{}:{SIP_PORT}", bed.relay_callee_addr()),
-            s("--interface"),
-            format!("caller/{}", bed.relay_caller_addr()),
-            s("--interface"),
-            format!("callee/{}", bed.relay_callee_addr()),
-            s("--trust"),
-            s(setup.trust),
-            s("--cdr-db"),
-            dir.join("cdr.sqlite").display().to_string(),
-            s("--media-timeout"),
-            MEDIA_TIMEOUT_S.to_string(),
-            s("--api"),
-            s(API),
-            s("--backend"),
-            s(BACKEND),
-        ];
-        if let Some(config) = &setup.config {
-            let path = dir.join("run.toml");
-            std::fs::write(&path, config).expect("writing the configuration");
-            args.push(s("--config"));
-            args.push(path.display().to_string());
-        }
-        let mut sluice = Proc::spawn(bed.relay(), "sluice", &sluice_bin, &args, &dir);
-        let start = Instant::now();
-        while api_get(bed.relay(), "/healthz").map(|r| r.0) != Some(200) {
-            sluice.check_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "sluice run never came up:\n{}",
-                sluice.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        wait_for_udp_listener(bed.relay(), SIP_PORT, &mut sluice);
-        Some(Bed {
-            sluice,
-            bed,
-            sipp,
-            sluice_bin,
-            work,
-        })
-    }
-
-    fn dir(&self) -> &Path {
-        &self.work.0
-    }
-
     fn ns(&self, side: Side) -> &NetNs {
         match side {
             Side::Caller => self.bed.caller(),
@@ -456,13 +117,7 @@ impl Bed {
             ]);
         }
         args.extend_from_slice(extra);
-        Proc::spawn(
-            self.ns(side),
-            &format!("sipp-{role}"),
-            &self.sipp,
-            &args,
-            self.dir(),
-        )
+        self.spawn_sipp(self.ns(side), &format!("sipp-{role}"), &args)
     }
 
     /// A UAS in the callee namespace on the callee's SIP port, echoing media, once it listens.
@@ -568,76 +223,6 @@ impl Bed {
         self.expect_success(uac, "uac", calls, DEADLINE);
         self.expect_success(uas, "uas", calls, Duration::from_secs(15));
     }
-
-    /// The CDRs, all of them.
-    fn read_cdrs(&self) -> Vec<CdrRow> {
-        let db = self.dir().join("cdr.sqlite");
-        let out = Command::new(&self.sluice_bin)
-            .args(["cdrs", "--csv", "--limit", "0", "--db"])
-            .arg(&db)
-            .output()
-            .expect("sluice cdrs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines();
-        let header: Vec<String> = lines
-            .next()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        // No field of these calls holds a comma or a quote.
-        lines
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                CdrRow(
-                    header
-                        .iter()
-                        .cloned()
-                        .zip(l.split(',').map(str::to_owned))
-                        .collect(),
-                )
-            })
-            .collect()
-    }
-
-    /// The CDRs, once there are `count` of them (within 10 s).
-    fn cdrs(&mut self, count: usize) -> Vec<CdrRow> {
-        let start = Instant::now();
-        loop {
-            let rows = self.read_cdrs();
-            if rows.len() >= count {
-                return rows;
-            }
-            self.sluice.check_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{} CDRs of {count}: {rows:?}\nsluice:\n{}",
-                rows.len(),
-                self.sluice.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// The one CDR of a one-call test, after making sure no second one follows.
-    fn only_cdr(&mut self) -> CdrRow {
-        self.cdrs(1);
-        std::thread::sleep(Duration::from_millis(1500));
-        let mut cdrs = self.read_cdrs();
-        assert_eq!(cdrs.len(), 1, "one call, one CDR: {cdrs:?}");
-        cdrs.remove(0)
-    }
-}
-
-fn assert_media_both_ways(cdr: &CdrRow) {
-    for column in [
-        "AcctInputPackets",
-        "AcctOutputPackets",
-        "AcctInputOctets",
-        "AcctOutputOctets",
-    ] {
-        assert!(cdr.count(column) > 0, "{column} is 0: {cdr:?}");
-    }
 }
 
 #[test]
@@ -645,11 +230,7 @@ fn a_cancelled_call_gets_a_cancel_cdr() {
     let Some(mut bed) = Bed::start(
         "a_cancelled_call_gets_a_cancel_cdr",
         "smc",
-        Setup {
-            trust: "10.77.0.0/16",
-            config: None,
-            recording: false,
-        },
+        setup("10.77.0.0/16", None, false),
     ) else {
         return;
     };
@@ -671,12 +252,8 @@ fn a_registered_user_is_reached_through_the_registrar() {
     let Some(mut bed) = Bed::start(
         "a_registered_user_is_reached_through_the_registrar",
         "smr",
-        Setup {
-            // Only the caller: the callee's side must authenticate.
-            trust: "10.77.1.0/24",
-            config: Some(config),
-            recording: true,
-        },
+        // Only the caller: the callee's side must authenticate.
+        setup("10.77.1.0/24", Some(config), true),
     ) else {
         return;
     };
@@ -754,11 +331,7 @@ fn a_call_put_on_hold_keeps_one_cdr() {
     let Some(mut bed) = Bed::start(
         "a_call_put_on_hold_keeps_one_cdr",
         "smh",
-        Setup {
-            trust: "10.77.0.0/16",
-            config: None,
-            recording: false,
-        },
+        setup("10.77.0.0/16", None, false),
     ) else {
         return;
     };
@@ -793,7 +366,7 @@ fn a_call_put_on_hold_keeps_one_cdr() {
     assert!(!cdr.get("AcctStartTime").is_empty(), "{cdr:?}");
 
     // The relay ended one session, the call's.
-    let (status, body) = api_get(bed.bed.relay(), "/ended?summary=1").expect("GET /ended");
+    let (status, body) = bed.api_get("/ended?summary=1").expect("GET /ended");
     assert_eq!(status, 200, "{body}");
     let ended: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(ended["count"], 1, "{ended:#}");
@@ -832,15 +405,7 @@ impl std::fmt::Display for Step {
 /// more than `max_failed` of the calls failed. Checks that every call of the first step
 /// succeeded, and that each successful call got a CDR.
 fn load(test: &str, tag: &str, rates: &[usize], seconds: usize, max_failed: f64) {
-    let Some(mut bed) = Bed::start(
-        test,
-        tag,
-        Setup {
-            trust: "10.77.0.0/16",
-            config: None,
-            recording: false,
-        },
-    ) else {
+    let Some(mut bed) = Bed::start(test, tag, setup("10.77.0.0/16", None, false)) else {
         return;
     };
     let mut uas = bed.uas("load-uas", "uas.xml", None);
