@@ -76,8 +76,12 @@ pub fn frame_stream(buf: &[u8], limits: &Limits) -> Result<Option<Frame>, FrameE
     if buf == b"\r" {
         return Ok(None);
     }
-    let first_line_end = find(buf, b"\r\n").unwrap_or(buf.len());
-    let first = &buf[..first_line_end];
+    let first = match find(buf, b"\r\n") {
+        Some(end) => &buf[..end],
+        // The first line is not complete yet: a CR at the very end of what arrived so far may be
+        // the first half of its CRLF (TCP may cut a segment anywhere), not a control character.
+        None => buf.strip_suffix(b"\r").unwrap_or(buf),
+    };
     if first.first().is_some_and(|b| !b.is_ascii_alphabetic())
         || first.iter().any(|&b| b < 0x20 || b == 0x7f)
     {
