@@ -1194,7 +1194,14 @@ impl<R: MediaRelay> ProxyCore<R> {
                     Err(self.challenge(now, req, domain, role, e.is_stale()))
                 } else {
                     let tag = self.rng.token();
-                    Err(build_response(req, status, "Forbidden", Some(&tag)))
+                    // 400 (malformed credentials, a digest uri that is not the Request-URI),
+                    // 403 (another user's credentials) or 500 (no usable stored secret).
+                    let reason = match status {
+                        400 => "Bad Request",
+                        403 => "Forbidden",
+                        _ => "Server Internal Error",
+                    };
+                    Err(build_response(req, status, reason, Some(&tag)))
                 }
             }
         }
