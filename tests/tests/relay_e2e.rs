@@ -227,6 +227,11 @@ fn relay_call(kind: BackendKind, topology: TopologyKind, caller_behind_nat: bool
                 delta.get(Counter::Tx),
                 "{delta:?}"
             );
+            assert_eq!(
+                delta.get(Counter::Redirect),
+                0,
+                "nothing left to XDP: {delta:?}"
+            );
         }
         BackendKind::Sockets => assert_eq!(delta.get(Counter::Tx), 2 * PACKETS as u64),
     }
@@ -237,6 +242,7 @@ fn relay_call(kind: BackendKind, topology: TopologyKind, caller_behind_nat: bool
         "{delta:?}"
     );
     assert_eq!(delta.get(Counter::Latched), expected_pending, "{delta:?}");
+    assert_eq!(delta.drops(), expected_pending, "no other drop: {delta:?}");
 
     if strict && caller_behind_nat {
         // Another host in the caller's network tries to inject media into the call.
@@ -268,6 +274,7 @@ fn relay_call(kind: BackendKind, topology: TopologyKind, caller_behind_nat: bool
 
     let final_counters = relay.forwarder.remove(forward).expect("remove");
     assert_eq!(final_counters.packets, PACKETS as u64);
+    let before_gone = relay.counters();
     caller_socket
         .send_to(b"after the call", relay_a)
         .expect("send");
@@ -275,6 +282,11 @@ fn relay_call(kind: BackendKind, topology: TopologyKind, caller_behind_nat: bool
         nothing_arrives(&callee_socket),
         "a removed stream is not relayed"
     );
+    if kind != BackendKind::Sockets {
+        // The kernel paths drop it as an unknown port (the socket path has closed the socket).
+        let gone = relay.counters().since(&before_gone);
+        assert_eq!(gone.get(Counter::DropUnknownPort), 1, "{gone:?}");
+    }
 }
 
 macro_rules! call_tests {
