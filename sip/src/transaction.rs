@@ -1759,6 +1759,26 @@ impl Transactions {
         Ok(())
     }
 
+    /// The TU gives up on a transaction (RFC 3261 §9.1: an INVITE client transaction with no
+    /// final response 64·T1 after its CANCEL "SHOULD" be destroyed): it terminates at once,
+    /// without [`Event::Timeout`]; only [`Event::Terminated`] follows. Responses for it arrive
+    /// as [`Event::StrayResponse`] from then on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownTransaction`] if it has terminated already.
+    pub fn terminate(&mut self, key: &TransactionKey) -> Result<(), Error> {
+        let id = *self
+            .index
+            .get(key)
+            .ok_or_else(|| Error::UnknownTransaction(key.clone()))?;
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.transaction.terminate();
+        }
+        self.settle(id);
+        Ok(())
+    }
+
     /// Fires every timer due at `now`. Call it when `now` reaches [`Self::poll_timeout`];
     /// calling it early or twice is harmless.
     pub fn handle_timeout(&mut self, now: Duration) {

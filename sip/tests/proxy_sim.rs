@@ -477,6 +477,33 @@ fn ended(events: &[ProxyEvent]) -> Vec<(String, EndCause)> {
         .collect()
 }
 
+/// Bob registers two devices (BOB_NAT and BOB2_NAT).
+fn register_bob_twice(sim: &mut Sim) {
+    register(sim, "bob", "bobpw", BOB_NAT, "10.0.0.20:5060");
+    // Bob's second device.
+    let contact = "sip:bob@10.0.0.21:5060";
+    sim.send(
+        BOB2_NAT,
+        &register_text("bob", "10.0.0.21:5060", contact, 1, None),
+    );
+    let ch = sim.one(BOB2_NAT, "SIP/2.0 401");
+    let creds = credentials(
+        &ch,
+        "WWW-Authenticate",
+        "bob",
+        "bobpw",
+        "REGISTER",
+        "sip:example.com",
+    );
+    sim.send(
+        BOB2_NAT,
+        &register_text("bob", "10.0.0.21:5060", contact, 2, Some(&creds)),
+    );
+    let ok = sim.one(BOB2_NAT, "SIP/2.0 200");
+    assert_eq!(ok.matches("Contact:").count(), 2);
+    sim.take_events();
+}
+
 /// Carol (foreign) calls bob (registered) up to the forwarded INVITE; returns it.
 fn carol_calls_bob(sim: &mut Sim, call_id: &str, sdp_body: Option<&str>) -> String {
     register(sim, "bob", "bobpw", BOB_NAT, "10.0.0.20:5060");
@@ -589,8 +616,53 @@ fn basic_call_with_sdp_relay_and_events() {
     assert_eq!(sim.core.active_calls(), 0);
 }
 
+/// Carol's CANCEL for the INVITE of `call_id` (as `invite` builds it, §9.1: same Request-URI,
+/// Via, From, To, Call-ID and CSeq number).
+fn carol_cancel(call_id: &str) -> String {
+    invite(
+        "carol@other.net",
+        CAROL,
+        "sip:bob@example.com",
+        call_id,
+        "",
+        None,
+    )
+    .replacen("INVITE sip:", "CANCEL sip:", 1)
+    .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+}
+
+/// Carol's ACK for a non-2xx final `final_resp` to the INVITE of `call_id` (§17.1.1.3).
+fn carol_ack_for(call_id: &str, final_resp: &str) -> String {
+    invite(
+        "carol@other.net",
+        CAROL,
+        "sip:bob@example.com",
+        call_id,
+        "",
+        None,
+    )
+    .replacen("INVITE sip:", "ACK sip:", 1)
+    .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+    .replace(
+        "To: <sip:bob@example.com>",
+        &format!("To: {}", hdr(&resp(final_resp).headers, "To")),
+    )
+}
+
+/// The one final response sent to `to` (timer G may have retransmitted it: the same bytes).
+fn one_final(sim: &mut Sim, to: &str) -> String {
+    let mut finals: Vec<String> = sim
+        .take(to)
+        .into_iter()
+        .filter(|m| m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1"))
+        .collect();
+    finals.dedup();
+    assert_eq!(finals.len(), 1, "{finals:#?}");
+    finals.remove(0)
+}
+
 #[test]
-fn cancel_before_answer() {
+fn cancel_relays_the_callees_487() {
     let mut sim = Sim::new();
     let inv = carol_calls_bob(&mut sim, "call2", Some(&sdp("192.0.2.200")));
     sim.send(
@@ -598,27 +670,11 @@ fn cancel_before_answer() {
         &answer(&inv, 180, "Ringing", "bt", "sip:bob@10.0.0.20:5060", None),
     );
     sim.one(CAROL, "SIP/2.0 180");
-    let original = invite(
-        "carol@other.net",
-        CAROL,
-        "sip:bob@example.com",
-        "call2",
-        "",
-        None,
-    );
-    let cancel = original
-        .replacen(
-            "INVITE sip:bob@example.com",
-            "CANCEL sip:bob@example.com",
-            1,
-        )
-        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
-    sim.send(CAROL, &cancel);
+    sim.send(CAROL, &carol_cancel("call2"));
+    // The CANCEL is answered at once (§16.10); the INVITE's final waits for bob's.
     let to_carol = sim.take(CAROL);
-    assert!(to_carol
-        .iter()
-        .any(|m| m.starts_with("SIP/2.0 200") && m.contains("CANCEL")));
-    assert!(to_carol.iter().any(|m| m.starts_with("SIP/2.0 487")));
+    assert_eq!(to_carol.len(), 1, "{to_carol:#?}");
+    assert!(to_carol[0].starts_with("SIP/2.0 200") && to_carol[0].contains("CSeq: 1 CANCEL"));
     let c = sim.one(BOB_NAT, "CANCEL ");
     let cr = req(&c);
     let ir = req(&inv);
@@ -628,19 +684,225 @@ fn cancel_before_answer() {
         "same branch as the INVITE"
     );
     assert_eq!(cr.uri, ir.uri);
+    assert!(ended(&sim.take_events()).is_empty(), "not over yet");
+    assert!(sim.core.relay().deleted.is_empty());
+
+    // Bob answers the CANCEL (absorbed) and ends the INVITE with 487, which we ACK hop by hop
+    // and relay to carol with bob's To tag and headers.
+    sim.send(BOB_NAT, &answer(&c, 200, "OK", "bt", "", None));
+    assert!(sim.take(CAROL).is_empty());
+    let terminated = answer(&inv, 487, "Request Terminated", "bt", "", None).replace(
+        "Content-Length: 0",
+        "Reason: SIP;cause=487\r\nContent-Length: 0",
+    );
+    sim.send(BOB_NAT, &terminated);
+    let ack = sim.one(BOB_NAT, "ACK ");
+    assert_eq!(hdr(&req(&ack).headers, "Via"), hdr(&ir.headers, "Via"));
+    assert!(hdr(&req(&ack).headers, "To").contains("tag=bt"));
+    let relayed = sim.one(CAROL, "SIP/2.0 487 Request Terminated");
+    let r = resp(&relayed);
+    assert!(hdr(&r.headers, "To").ends_with(";tag=bt"), "{relayed}");
+    assert_eq!(hdr(&r.headers, "Reason"), "SIP;cause=487");
+    assert_eq!(hdrs(&r.headers, "Via").len(), 1);
     assert_eq!(
         ended(&sim.take_events()),
         vec![("call2".to_owned(), EndCause::Cancel)]
     );
     assert_eq!(sim.core.relay().deleted, vec!["call2".to_owned()]);
-    // Bob answers the CANCEL and the INVITE; the 487 is ACKed hop by hop and goes no further.
+    assert_eq!(sim.core.active_calls(), 0);
+
+    // Carol's ACK for the 487 stops at our server transaction; bob's retransmitted 487 is
+    // re-ACKed and not relayed again.
+    sim.send(CAROL, &carol_ack_for("call2", &relayed));
+    assert!(sim.wire.is_empty(), "{:?}", sim.wire);
+    sim.send(BOB_NAT, &terminated);
+    sim.one(BOB_NAT, "ACK ");
+    assert!(sim.take(CAROL).is_empty());
+    // Timers run out quietly: no second final, no second event.
+    sim.advance(Duration::from_secs(70));
+    assert!(sim.wire.is_empty(), "{:?}", sim.wire);
+    assert!(ended(&sim.take_events()).is_empty());
+    assert_eq!(sim.core.transactions(), 0);
+}
+
+#[test]
+fn cancel_before_any_provisional_waits_for_one() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "call23", Some(&sdp("192.0.2.200")));
+    sim.send(CAROL, &carol_cancel("call23"));
+    sim.one(CAROL, "SIP/2.0 200");
+    // §9.1: no CANCEL before the branch has a provisional.
+    assert!(sim.take(BOB_NAT).is_empty());
+    sim.send(BOB_NAT, &answer(&inv, 100, "Trying", "", "", None));
+    let c = sim.one(BOB_NAT, "CANCEL ");
+    assert_eq!(hdr(&req(&c).headers, "Via"), hdr(&req(&inv).headers, "Via"));
     sim.send(BOB_NAT, &answer(&c, 200, "OK", "bt", "", None));
     sim.send(
         BOB_NAT,
         &answer(&inv, 487, "Request Terminated", "bt", "", None),
     );
-    assert!(sim.take(CAROL).is_empty());
     sim.one(BOB_NAT, "ACK ");
+    let relayed = sim.one(CAROL, "SIP/2.0 487");
+    assert!(hdr(&resp(&relayed).headers, "To").ends_with(";tag=bt"));
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("call23".to_owned(), EndCause::Cancel)]
+    );
+    sim.send(CAROL, &carol_ack_for("call23", &relayed));
+
+    // A callee that never says anything: timer B ends the branch, and carol gets our 487
+    // (not a 408 for a request she withdrew herself).
+    sim.send(
+        CAROL,
+        &invite(
+            "carol@other.net",
+            CAROL,
+            "sip:bob@example.com",
+            "call24",
+            "",
+            None,
+        ),
+    );
+    sim.one(BOB_NAT, "INVITE ");
+    sim.take(CAROL);
+    sim.send(CAROL, &carol_cancel("call24"));
+    sim.one(CAROL, "SIP/2.0 200");
+    sim.advance(Duration::from_secs(31));
+    assert!(sim.take(CAROL).is_empty());
+    assert!(!sim.take(BOB_NAT).iter().any(|m| m.starts_with("CANCEL")));
+    sim.advance(Duration::from_secs(2));
+    let ours = one_final(&mut sim, CAROL);
+    assert!(ours.starts_with("SIP/2.0 487 Request Terminated"));
+    assert!(hdr(&resp(&ours).headers, "To").contains(";tag="));
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("call24".to_owned(), EndCause::Cancel)]
+    );
+}
+
+#[test]
+fn forked_call_cancelled_with_a_silent_branch_gets_one_final() {
+    let mut sim = Sim::new();
+    register_bob_twice(&mut sim);
+    sim.send(
+        CAROL,
+        &invite(
+            "carol@other.net",
+            CAROL,
+            "sip:bob@example.com",
+            "call25",
+            "",
+            Some(&sdp("192.0.2.200")),
+        ),
+    );
+    let inv1 = sim.one(BOB_NAT, "INVITE sip:bob@10.0.0.20:5060 ");
+    let inv2 = sim.one(BOB2_NAT, "INVITE sip:bob@10.0.0.21:5060 ");
+    sim.send(
+        BOB_NAT,
+        &answer(&inv1, 180, "Ringing", "b1", "sip:bob@10.0.0.20:5060", None),
+    );
+    sim.send(
+        BOB2_NAT,
+        &answer(&inv2, 180, "Ringing", "b2", "sip:bob@10.0.0.21:5060", None),
+    );
+    sim.take(CAROL);
+    sim.take_events();
+    sim.send(CAROL, &carol_cancel("call25"));
+    sim.one(CAROL, "SIP/2.0 200");
+    let c1 = sim.one(BOB_NAT, "CANCEL ");
+    sim.one(BOB2_NAT, "CANCEL ");
+    // The first device ends its branch; the second never answers anything again.
+    sim.send(BOB_NAT, &answer(&c1, 200, "OK", "b1", "", None));
+    sim.send(
+        BOB_NAT,
+        &answer(&inv1, 487, "Request Terminated", "b1", "", None),
+    );
+    sim.one(BOB_NAT, "ACK ");
+    assert!(sim.take(CAROL).is_empty(), "one branch still pending");
+    assert!(ended(&sim.take_events()).is_empty());
+    // 64·T1 after the CANCEL the silent branch is given up; carol gets the first device's
+    // 487, exactly once.
+    sim.advance(Duration::from_secs(31));
+    assert!(sim.take(CAROL).is_empty());
+    sim.advance(Duration::from_secs(2));
+    let relayed = one_final(&mut sim, CAROL);
+    assert!(relayed.starts_with("SIP/2.0 487"));
+    assert!(hdr(&resp(&relayed).headers, "To").ends_with(";tag=b1"));
+    sim.send(CAROL, &carol_ack_for("call25", &relayed));
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("call25".to_owned(), EndCause::Cancel)]
+    );
+    assert_eq!(sim.core.relay().deleted, vec!["call25".to_owned()]);
+    // The silent device wakes up late: its 487 finds no transaction and goes nowhere.
+    sim.send(
+        BOB2_NAT,
+        &answer(&inv2, 487, "Request Terminated", "b2", "", None),
+    );
+    assert!(sim.take(CAROL).is_empty());
+    sim.advance(Duration::from_secs(70));
+    assert!(!sim.take(CAROL).iter().any(|m| m.starts_with("SIP/2.0 ")));
+    assert!(ended(&sim.take_events()).is_empty());
+}
+
+#[test]
+fn a_200_racing_the_cancel_answers_the_call() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "call26", Some(&sdp("192.0.2.200")));
+    sim.send(
+        BOB_NAT,
+        &answer(&inv, 180, "Ringing", "bt", "sip:bob@10.0.0.20:5060", None),
+    );
+    sim.one(CAROL, "SIP/2.0 180");
+    sim.send(CAROL, &carol_cancel("call26"));
+    sim.one(CAROL, "SIP/2.0 200");
+    let c = sim.one(BOB_NAT, "CANCEL ");
+    // Bob had answered before the CANCEL reached him: 200 for the INVITE, then 200 for the
+    // CANCEL (§9.2: the CANCEL has no effect on a request already answered).
+    sim.send(
+        BOB_NAT,
+        &answer(
+            &inv,
+            200,
+            "OK",
+            "bt",
+            "sip:bob@10.0.0.20:5060",
+            Some(&sdp("10.0.0.20")),
+        ),
+    );
+    sim.send(BOB_NAT, &answer(&c, 200, "OK", "bt", "", None));
+    let ok = sim.one(CAROL, "SIP/2.0 200 OK");
+    assert!(ok.contains("CSeq: 1 INVITE"));
+    assert!(body(&ok).contains("m=audio 30002"), "{ok}");
+    assert!(sim.take(CAROL).is_empty(), "no 487 after the 200");
+    let events = sim.take_events();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id } if call_id == "call26")));
+    assert!(ended(&events).is_empty());
+    assert!(sim.core.relay().deleted.is_empty(), "media stays up");
+    assert_eq!(sim.core.relay().answers.len(), 1);
+    assert_eq!(sim.core.active_calls(), 1);
+    // Carol ACKs and hangs up: an answered call ended by BYE, not a cancelled one.
+    sim.send(
+        CAROL,
+        &caller_in_dialog("ACK", &ok, CAROL, 1, "z9hG4bK-ack26", None),
+    );
+    sim.one(BOB_NAT, "ACK sip:bob@10.0.0.20:5060");
+    sim.send(
+        CAROL,
+        &caller_in_dialog("BYE", &ok, CAROL, 2, "z9hG4bK-bye26", None),
+    );
+    let bye = sim.one(BOB_NAT, "BYE ");
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("call26".to_owned(), EndCause::ByeCaller)]
+    );
+    sim.send(BOB_NAT, &answer(&bye, 200, "OK", "", "", None));
+    sim.one(CAROL, "SIP/2.0 200 OK");
+    sim.advance(Duration::from_secs(70));
+    assert!(!sim.take(CAROL).iter().any(|m| m.starts_with("SIP/2.0 4")));
+    assert!(ended(&sim.take_events()).is_empty());
 }
 
 #[test]
@@ -1124,28 +1386,7 @@ fn garbage_is_dropped_and_the_proxy_keeps_serving() {
 #[test]
 fn forking_first_200_wins_and_other_branch_is_cancelled() {
     let mut sim = Sim::new();
-    register(&mut sim, "bob", "bobpw", BOB_NAT, "10.0.0.20:5060");
-    // Bob's second device.
-    let contact = "sip:bob@10.0.0.21:5060";
-    sim.send(
-        BOB2_NAT,
-        &register_text("bob", "10.0.0.21:5060", contact, 1, None),
-    );
-    let ch = sim.one(BOB2_NAT, "SIP/2.0 401");
-    let creds = credentials(
-        &ch,
-        "WWW-Authenticate",
-        "bob",
-        "bobpw",
-        "REGISTER",
-        "sip:example.com",
-    );
-    sim.send(
-        BOB2_NAT,
-        &register_text("bob", "10.0.0.21:5060", contact, 2, Some(&creds)),
-    );
-    let ok = sim.one(BOB2_NAT, "SIP/2.0 200");
-    assert_eq!(ok.matches("Contact:").count(), 2);
+    register_bob_twice(&mut sim);
 
     sim.send(
         CAROL,

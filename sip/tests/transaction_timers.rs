@@ -821,6 +821,34 @@ fn transport_error_informs_tu_and_terminates() {
 }
 
 #[test]
+fn tu_terminates_a_proceeding_invite_and_later_responses_are_stray() {
+    let mut sim = Sim::new();
+    let key = sim.send_request(request("INVITE", "z9hG4bKgiveup"), UDP);
+    sim.receive(response(180, "z9hG4bKgiveup", "INVITE"), UDP);
+    sim.take_events();
+    sim.take_transmits();
+    sim.txs.terminate(&key).unwrap();
+    sim.drain();
+    let events = sim.take_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(is_terminated(&events[0].1, &key));
+    assert!(sim.txs.is_empty());
+    sim.receive(response(487, "z9hG4bKgiveup", "INVITE"), UDP);
+    assert!(matches!(
+        &sim.take_events()[..],
+        [(_, Event::StrayResponse { .. })]
+    ));
+    assert!(
+        sim.take_transmits().is_empty(),
+        "no ACK without a transaction"
+    );
+    assert!(matches!(
+        sim.txs.terminate(&key),
+        Err(Error::UnknownTransaction(_))
+    ));
+}
+
+#[test]
 fn many_transactions_all_removed_at_the_end() {
     let mut sim = Sim::new();
     for i in 0..50 {

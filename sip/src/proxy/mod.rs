@@ -57,6 +57,14 @@
 //!    `P-Asserted-Identity` for local callers, failover on 5xx/408/timeout); a trusted peer's
 //!    foreign Request-URI → transit to it; otherwise `404`/`403`.
 //!
+//! # CANCEL
+//!
+//! A CANCEL is answered 200 at once and CANCELs every pending branch (a branch without a
+//! provisional yet gets its CANCEL when one arrives, §9.1); the response context carries on, so
+//! the callee's 487 (with its To tag) is what the caller gets (§16.10, §16.7 step 6). A branch
+//! with no final 64·T1 after our CANCEL is given up (§9.1), and when no branch left a final
+//! the caller gets our own 487. A 2xx crossing the CANCEL is forwarded and answers the call.
+//!
 //! # Left out
 //!
 //! DNS (targets must be IP addresses), timer C, strict-routing next hops, reliable provisionals
@@ -66,7 +74,7 @@ pub mod config;
 pub mod media;
 mod util;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -310,8 +318,13 @@ struct ClientCtx {
     dest: SocketAddr,
     transport: Transport,
     provisional: bool,
+    /// A final response arrived, or the branch was given up (timeout, or no final within
+    /// 64·T1 of our CANCEL).
     done: bool,
+    /// To be CANCELled once it has a provisional (§9.1: no CANCEL before one).
     cancel_pending: bool,
+    /// Our CANCEL was sent (never twice).
+    cancelled: bool,
     failover: Vec<Gateway>,
     offer_in_request: bool,
     sender: Leg,
@@ -350,6 +363,10 @@ pub struct ProxyCore<R: MediaRelay> {
     servers: HashMap<TransactionKey, ServerCtx>,
     clients: HashMap<TransactionKey, ClientCtx>,
     calls: HashMap<String, Call>,
+    /// Branches we sent a CANCEL on, by the time they must have a final (64·T1 after the
+    /// CANCEL, §9.1); the sequence number keeps equal deadlines apart.
+    cancel_guards: BTreeMap<(Duration, u64), TransactionKey>,
+    next_guard: u64,
     incoming: Option<SipMessage>,
     incoming_source: Option<SocketAddr>,
     out: std::collections::VecDeque<Transmit>,
@@ -414,6 +431,8 @@ impl<R: MediaRelay> ProxyCore<R> {
             servers: HashMap::new(),
             clients: HashMap::new(),
             calls: HashMap::new(),
+            cancel_guards: BTreeMap::new(),
+            next_guard: 0,
             incoming: None,
             incoming_source: None,
             out: Default::default(),
@@ -500,6 +519,7 @@ impl<R: MediaRelay> ProxyCore<R> {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.txs.handle_timeout(now);
         self.pump(now, None);
+        self.expire_cancelled_branches(now);
         self.flush();
     }
 
@@ -594,7 +614,11 @@ impl<R: MediaRelay> ProxyCore<R> {
 
     /// When to call [`Self::handle_timeout`] next; `None` when nothing is armed.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        self.txs.poll_timeout()
+        let guard = self.cancel_guards.keys().next().map(|&(at, _)| at);
+        match (self.txs.poll_timeout(), guard) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -814,6 +838,7 @@ impl<R: MediaRelay> ProxyCore<R> {
                 provisional: false,
                 done: false,
                 cancel_pending: false,
+                cancelled: false,
                 failover: Vec::new(),
                 offer_in_request: false,
                 sender: Leg::Caller,
@@ -1495,6 +1520,7 @@ impl<R: MediaRelay> ProxyCore<R> {
                         provisional: false,
                         done: false,
                         cancel_pending: false,
+                        cancelled: false,
                         failover,
                         offer_in_request: offer,
                         sender,
@@ -1516,6 +1542,12 @@ impl<R: MediaRelay> ProxyCore<R> {
         }
     }
 
+    /// A CANCEL for one of our INVITE server transactions (§16.10): 200 for the CANCEL at once,
+    /// CANCEL on every pending branch, and the response context carries on: the branches'
+    /// finals (normally the callees' 487s) are collected and the best one goes upstream
+    /// ([`Self::check_complete`]), so the caller gets the callee's 487 with its To tag. A 2xx
+    /// that crosses the CANCEL is still forwarded and answers the call (§16.7: 2xx are always
+    /// forwarded).
     fn on_cancel(
         &mut self,
         now: Duration,
@@ -1533,50 +1565,66 @@ impl<R: MediaRelay> ProxyCore<R> {
         };
         ctx.cancelled = true;
         let branches = ctx.branches.clone();
-        let pending_final = !ctx.final_sent && !ctx.answered;
-        let request = ctx.request.clone();
-        let call = ctx.call.clone();
-        if pending_final {
-            ctx.final_sent = true;
-        }
         for b in branches {
             self.cancel_branch(now, &b);
         }
-        if pending_final {
-            self.reply(now, &invite, &request, 487, "Request Terminated");
-            if let Some(call_id) = call {
-                if self.calls.remove(&call_id).is_some() {
-                    self.relay.delete(&call_id);
-                    self.events.push_back(ProxyEvent::CallEnded {
-                        call_id,
-                        cause: EndCause::Cancel,
-                    });
-                }
-            }
-        }
+        self.check_complete(now, &invite);
     }
 
-    /// CANCELs a branch now if it has had a provisional, else once it has (§16.10, §9.1).
+    /// CANCELs a branch now if it has had a provisional, else once it has (§16.10, §9.1), and
+    /// gives it 64·T1 from the CANCEL to send its final ([`Self::expire_cancelled_branches`]).
     fn cancel_branch(&mut self, now: Duration, key: &TransactionKey) {
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
-        if c.done || !c.request.method.is(rsip::Method::Invite) {
+        if c.done || c.cancelled || !c.request.method.is(rsip::Method::Invite) {
             return;
         }
         if !c.provisional {
+            // Until then the INVITE client transaction is in Calling, where timer B bounds
+            // the wait.
             c.cancel_pending = true;
             return;
         }
         c.cancel_pending = false;
-        c.done = true;
+        c.cancelled = true;
         let cancel = cancel_for(&c.request);
         let (dest, transport) = (c.dest, c.transport);
+        let deadline = now + self.txs.config().t1.saturating_mul(64);
+        self.cancel_guards
+            .insert((deadline, self.next_guard), key.clone());
+        self.next_guard += 1;
         if let Err(e) = self.send_own(now, cancel, dest, transport) {
             self.events.push_back(ProxyEvent::Error {
                 call_id: None,
                 error: e.to_string(),
             });
+        }
+    }
+
+    /// §9.1: a branch with no final response 64·T1 after our CANCEL is considered cancelled;
+    /// its INVITE client transaction is destroyed and the response context completes without
+    /// it.
+    fn expire_cancelled_branches(&mut self, now: Duration) {
+        while let Some(entry) = self.cancel_guards.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            let Some(c) = self.clients.get_mut(&key) else {
+                continue;
+            };
+            if c.done {
+                continue;
+            }
+            c.done = true;
+            let server = c.server.clone();
+            // Already gone only if it terminated on its own, which `done` would have caught.
+            let _ = self.txs.terminate(&key);
+            if let Some(server) = server {
+                self.check_complete(now, &server);
+            }
+            self.pump(now, None);
         }
     }
 
@@ -1806,10 +1854,21 @@ impl<R: MediaRelay> ProxyCore<R> {
     }
 
     fn on_client_timeout(&mut self, now: Duration, key: TransactionKey) {
-        let Some(client) = self.clients.get(&key) else {
+        let Some(client) = self.clients.get_mut(&key) else {
             return;
         };
-        if client.done || client.server.is_none() {
+        let Some(server) = client.server.clone() else {
+            return;
+        };
+        if client.done {
+            return;
+        }
+        if self.servers.get(&server).is_some_and(|s| s.cancelled) {
+            // A cancelled branch that never answered contributes nothing: the caller gets a
+            // callee's 487 if any, else ours (see `check_complete`), not a 408 for a request
+            // it withdrew itself.
+            client.done = true;
+            self.check_complete(now, &server);
             return;
         }
         let mut resp = build_response(&client.request, 408, "Request Timeout", None);
@@ -1842,9 +1901,21 @@ impl<R: MediaRelay> ProxyCore<R> {
         if pending {
             return;
         }
+        let tag = self.rng.token();
+        let Some(ctx) = self.servers.get(server) else {
+            return;
+        };
         let mut best = match best_response(&ctx.finals) {
             Some(r) => r,
-            None => build_response(&ctx.request, 408, "Request Timeout", None),
+            // §16.7 step 6 asks for a 408 when the context holds no final. After a CANCEL that
+            // only happens because every branch was cancelled and none answered in time (§9.1),
+            // so the request was terminated at the caller's own request: 487 is the answer a
+            // cancelling UAC expects (§9.2, what a UAS sends), and a 408 would blame a callee
+            // for a timeout the caller caused.
+            None if ctx.cancelled => {
+                build_response(&ctx.request, 487, "Request Terminated", Some(&tag))
+            }
+            None => build_response(&ctx.request, 408, "Request Timeout", Some(&tag)),
         };
         if best.status == 401 || best.status == 407 {
             let mut extra = Vec::new();
@@ -1875,7 +1946,11 @@ impl<R: MediaRelay> ProxyCore<R> {
             best.reason = "Server Internal Error".to_owned();
         }
         let call = ctx.call.clone();
-        let status = best.status;
+        let cause = if ctx.cancelled {
+            EndCause::Cancel
+        } else {
+            EndCause::Failed(best.status)
+        };
         if let Some(ctx) = self.servers.get_mut(server) {
             ctx.final_sent = true;
         }
@@ -1883,17 +1958,21 @@ impl<R: MediaRelay> ProxyCore<R> {
         if let Some(call_id) = call {
             if self.calls.remove(&call_id).is_some() {
                 self.relay.delete(&call_id);
-                self.events.push_back(ProxyEvent::CallEnded {
-                    call_id,
-                    cause: EndCause::Failed(status),
-                });
+                self.events
+                    .push_back(ProxyEvent::CallEnded { call_id, cause });
             }
         }
     }
 
     /// A response no client transaction claims: a retransmitted or forked 2xx to an INVITE.
-    /// Pop our Via and forward it along the next one (§16.7, RFC 6026 §8.4).
+    /// Pop our Via and forward it along the next one (§16.7, RFC 6026 §8.4). Anything else
+    /// is dropped (RFC 6026 §7.3): e.g. the late 487 of a branch given up after our CANCEL,
+    /// whose response context has already answered upstream.
     fn on_stray(&mut self, mut resp: Response, source: SocketAddr) {
+        if !(200..300).contains(&resp.status) {
+            self.stats.dropped += 1;
+            return;
+        }
         match pop_own_via(&mut resp.headers, &self.ours) {
             Ok(n) if n > 0 => {}
             _ => {
