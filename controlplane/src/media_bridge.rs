@@ -184,6 +184,9 @@ impl MediaBridge {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped(),
             },
             direction,
+            // A phone's o= line names its private address; the other party should see only
+            // the relay, as in c= (what rtpengine does with `replace-origin`).
+            replace_origin: true,
             ..Signal::default()
         }
     }
@@ -330,8 +333,9 @@ mod tests {
             .offer(&call, &sdp("10.1.0.5", 4000), caller, Leg::Callee)
             .expect("offer");
         let out = String::from_utf8(out).unwrap();
-        // Toward the callee: the relay address on the callee's interface.
+        // Toward the callee: the relay address on the callee's interface, in c= and o=.
         assert!(out.contains("c=IN IP4 127.0.0.2"), "{out}");
+        assert!(out.contains("o=- 1 1 IN IP4 127.0.0.2"), "{out}");
         assert_eq!(
             b.call("c1").unwrap().facing,
             ["a".to_owned(), "b".to_owned()]
@@ -342,6 +346,7 @@ mod tests {
             .expect("answer");
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("c=IN IP4 127.0.0.1"), "{out}");
+        assert!(out.contains("o=- 1 1 IN IP4 127.0.0.1"), "{out}");
         b.delete("c1");
         let (c, ended) = b.take_ended("c1").expect("final report");
         assert!(c.caller_is_a);
