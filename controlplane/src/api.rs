@@ -12,8 +12,11 @@
 //! | `GET /ended` | `{"ended": [{"cause": ..., "report": CallReport}...], "count": N}`: the calls that ended lately, newest first, with their termination cause and final counters; `?limit=N`, `?summary=1` |
 //! | `GET /metrics` | Prometheus / OpenMetrics text: totals, relay counters, and per-call series for at most [`ApiConfig::max_call_series`] calls (the busiest) |
 //! | `GET /healthz` | `200 ok` |
+//! | `GET /` (`/index.html`) | the NOC page ([`noc`]): live calls in a browser, reading the routes above |
 //!
-//! Any other path is `404`, any other method `405`; errors are JSON `{"error": "..."}`.
+//! Any other path is `404`, any other method `405`; errors are JSON `{"error": "..."}`. The NOC
+//! page holds no data, so it is the one answer served without the token; it is given the token
+//! in its URL fragment (`/#token=...`) and sends it on its own requests.
 //!
 //! The HTTP layer is a deliberately small HTTP/1.1 server (one request per connection,
 //! `Connection: close`) on `std::net` with [`httparse`] for parsing, so that every buffer and
@@ -40,6 +43,9 @@ use prometheus_client::registry::Registry;
 // Everything this module needs from the session manager.
 use crate::session::manager::{CallReport, Ended, SessionManager};
 
+#[path = "web/noc.rs"]
+pub mod noc;
+
 /// Where the API listens by default, and where `sluice calls` looks for it.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8089";
 /// Default bound on the calls that get per-call series in `/metrics`.
@@ -50,6 +56,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 /// Time a client has to send its request head, and to read the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection that sends nothing looks whether the server is stopping.
+const IDLE_STOP_CHECK: Duration = Duration::from_millis(200);
 /// `/ended` answers at most this many calls unless `?limit=` says otherwise.
 pub const DEFAULT_ENDED_LIMIT: usize = 1000;
 
@@ -295,6 +303,10 @@ impl Api {
 
     /// Answers one request. Never panics, whatever the request.
     pub fn handle(&self, req: &ApiRequest, source: &dyn CallSource, now: Duration) -> ApiResponse {
+        let page = req.target.split('?').next().unwrap_or_default();
+        if matches!(page, "/" | "/index.html") {
+            return noc_page(&req.method);
+        }
         if !self.authorized(req.authorization.as_deref()) {
             return ApiResponse::error(401, "missing or wrong access token")
                 .with_header("WWW-Authenticate", "Bearer realm=\"sluice\"");
@@ -368,6 +380,19 @@ impl Api {
             return false;
         };
         constant_time_eq(given.as_bytes(), expected.as_bytes())
+    }
+}
+
+/// The NOC page: the same for everybody and without data, so served without the token.
+fn noc_page(method: &str) -> ApiResponse {
+    if method != "GET" {
+        return ApiResponse::error(405, "only GET is supported").with_header("Allow", "GET");
+    }
+    ApiResponse {
+        status: 200,
+        content_type: noc::CONTENT_TYPE,
+        headers: noc::headers(),
+        body: noc::PAGE.as_bytes().to_vec(),
     }
 }
 
@@ -714,7 +739,7 @@ fn accept_loop(
         }
         match accepted {
             Ok((stream, peer)) => {
-                if let Err(e) = serve(stream, api, source, clock) {
+                if let Err(e) = serve(stream, stop, api, source, clock) {
                     tracing::debug!(%peer, error = %e, "management API connection");
                 }
             }
@@ -767,6 +792,7 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
 
 fn serve(
     mut stream: TcpStream,
+    stop: &AtomicBool,
     api: &Api,
     source: &dyn CallSource,
     clock: fn() -> Duration,
@@ -781,7 +807,9 @@ fn serve(
         if remaining.is_zero() {
             break Head::Reject(ApiResponse::error(408, "request timeout"));
         }
-        stream.set_read_timeout(Some(remaining))?;
+        // A browser opens connections ahead of its requests and may leave one idle: wait in
+        // slices, so that stopping the server is not held up by such a connection.
+        stream.set_read_timeout(Some(remaining.min(IDLE_STOP_CHECK)))?;
         let room = MAX_HEAD.saturating_sub(buf.len()).clamp(1, chunk.len());
         let n = match stream.read(&mut chunk[..room]) {
             Ok(0) => return Ok(()),
@@ -792,7 +820,10 @@ fn serve(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                break Head::Reject(ApiResponse::error(408, "request timeout"));
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                continue;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -974,7 +1005,7 @@ mod tests {
         let r = get(&api, &source, "/healthz");
         assert_eq!((r.status, r.body_text().as_str()), (200, "ok\n"));
         for target in [
-            "/",
+            "/index.htm",
             "/call",
             "/callsx",
             "/metrics/x",
@@ -1399,6 +1430,83 @@ mod tests {
             b"GET /calls HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n",
         );
         assert_eq!(status, 200, "{body}");
+        drop(server);
+    }
+
+    #[test]
+    fn an_idle_connection_does_not_hold_up_stopping() {
+        // As a browser's preconnection: connected, nothing sent.
+        let server = start(None);
+        let idle = TcpStream::connect(server.local_addr()).expect("connect");
+        std::thread::sleep(Duration::from_millis(100));
+        let stopping = Instant::now();
+        drop(server);
+        assert!(
+            stopping.elapsed() < REQUEST_TIMEOUT / 2,
+            "stopping took {:?}",
+            stopping.elapsed()
+        );
+        drop(idle);
+    }
+
+    #[test]
+    fn the_noc_page_is_served_without_the_token() {
+        let source = fake();
+        let api = with_token("s3cret");
+        for target in ["/", "/index.html", "/?refresh=1"] {
+            let r = get(&api, &source, target);
+            assert_eq!(
+                (r.status, r.content_type),
+                (200, noc::CONTENT_TYPE),
+                "{target}"
+            );
+            assert!(r.body_text().contains("<title>Sluice NOC"), "{target}");
+            let policy = r
+                .headers
+                .iter()
+                .find(|(name, _)| *name == "Content-Security-Policy")
+                .map(|(_, value)| value.as_str())
+                .unwrap_or_default();
+            assert!(policy.contains("script-src 'sha256-"), "{policy}");
+        }
+        // The data behind it still needs the token, and so does any other path.
+        assert_eq!(get(&api, &source, "/calls").status, 401);
+        assert_eq!(get(&api, &source, "/index.htm").status, 401);
+        let mut post = ApiRequest::get("/");
+        post.method = "POST".into();
+        let r = api.handle(&post, &source, NOW);
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains(&("Allow", "GET".into())));
+    }
+
+    #[test]
+    fn the_noc_page_over_a_real_socket() {
+        let server = start(Some("s3cret"));
+        let mut stream = TcpStream::connect(server.local_addr()).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("read");
+        let answer = String::from_utf8(answer).expect("UTF-8");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        for line in [
+            "Content-Type: text/html; charset=utf-8",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+            &format!("Content-Length: {}", noc::PAGE.len()),
+            &format!(
+                "Content-Security-Policy: {}",
+                noc::content_security_policy(noc::PAGE)
+            ),
+        ] {
+            assert!(head.lines().any(|l| l == line), "no `{line}` in\n{head}");
+        }
+        assert_eq!(body, noc::PAGE);
         drop(server);
     }
 }
