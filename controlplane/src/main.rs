@@ -15,6 +15,7 @@ mod media_bridge;
 #[allow(dead_code)] // parts of the protocol not every command uses yet
 mod ng;
 mod ng_handler;
+mod radius;
 mod relay;
 mod run;
 mod session;

@@ -33,11 +33,16 @@
 //! [cdr]
 //! db = "/var/lib/sluice/cdr.sqlite"
 //! node = "sbc-1"                     # NodeName in the CDRs; the host name by default
+//!
+//! [radius]                           # RADIUS accounting of every call: see crate::radius
+//! servers = ["127.0.0.1:1813"]
+//! secret_file = "/etc/sluice/radius.secret"
 //! ```
 //!
 //! Options override the file: `--listen` and `--trust` (repeatable) replace `sip.listen` and
 //! `sip.trusted`, `--interface` the relay interfaces, `--media-timeout` `timeouts.media`,
-//! `--api` `api.listen`, `--backend` `relay.backend`, `--cdr-db` `cdr.db`. With neither file nor
+//! `--api` `api.listen`, `--backend` `relay.backend`, `--cdr-db` `cdr.db`, `--radius`
+//! `radius.servers` (the secret: `--radius-secret-file` or `$SLUICE_RADIUS_SECRET`). With neither file nor
 //! options it listens on 127.0.0.1:5060. Without relay interfaces, each IPv4 listen address is
 //! one (`default`, then `sip1`, `sip2`, ...). Each SIP interface reaches the subnet of the host
 //! interface that holds its address; the relay interface facing each side of a call is chosen
@@ -81,6 +86,7 @@ use crate::cdr::{
     TerminationCause as CdrCause, DEFAULT_CDR_DB,
 };
 use crate::media_bridge::{BridgeCall, BridgeInterface, MediaBridge};
+use crate::radius::{self, Radius, RadiusArgs, RadiusSection, RadiusSettings};
 use crate::relay::{self, RelayArgs, RelayFile, RelaySection, RelaySettings, TimeoutSection};
 use crate::session::manager::Ended;
 use crate::session::model::TerminationCause as SessionCause;
@@ -126,6 +132,8 @@ pub struct RunArgs {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    radius: RadiusArgs,
 }
 
 /// The configuration file.
@@ -145,6 +153,7 @@ pub struct RunFile {
     pub api: Option<ApiConfig>,
     #[serde(default)]
     pub cdr: CdrSection,
+    pub radius: Option<RadiusSection>,
 }
 
 /// `[sip]`
@@ -196,6 +205,8 @@ pub struct RunSettings {
     /// `None`: the default with its fallback.
     pub cdr_db: Option<PathBuf>,
     pub node: String,
+    /// `None`: no RADIUS accounting.
+    pub radius: Option<RadiusSettings>,
 }
 
 fn parse_gateway(spec: &str) -> Result<Gateway> {
@@ -376,6 +387,11 @@ pub fn settings(args: &RunArgs) -> Result<RunSettings> {
             }
         }
     }
+    let radius = radius::settings(
+        file.radius.as_ref(),
+        &args.radius,
+        std::env::var_os(radius::SECRET_ENV),
+    )?;
     let relay = relay::merge(
         RelayFile {
             relay: file.relay,
@@ -390,6 +406,7 @@ pub fn settings(args: &RunArgs) -> Result<RunSettings> {
         relay,
         cdr_db: args.cdr_db.clone().or(file.cdr.db),
         node: file.cdr.node.unwrap_or_else(host_name),
+        radius,
     })
 }
 
@@ -427,6 +444,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         return Ok(());
     }
     let (mut cdrs, cdr_path) = open_cdrs(settings.cdr_db.as_deref())?;
+    // Before the recovery, so that the calls it closes are accounted too.
+    let radius = match &settings.radius {
+        Some(r) => {
+            let started = Radius::start(r, &cdr_path, &settings.node)
+                .context("starting RADIUS accounting")?;
+            tracing::info!(servers = ?r.servers, "RADIUS accounting on");
+            Some(started)
+        }
+        None => {
+            radius::disable(&cdr_path);
+            None
+        }
+    };
     let recovered = cdrs
         .recover(SystemTime::now())
         .context("closing the calls the last run left active")?;
@@ -459,6 +489,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let bridge = MediaBridge::new(media.manager.clone(), monotonic_now, bridge_interfaces);
     let core = ProxyCore::new(proxy, bridge, &seed()?).context("starting the SIP proxy")?;
     let mut appliance = Appliance::new(core, media.manager.clone(), cdrs, settings.node.clone());
+    if let Some(radius) = &radius {
+        radius.kick();
+    }
+    appliance.radius = radius;
 
     let stop = relay::stop_on_signals()?;
     println!(
@@ -508,6 +542,8 @@ struct Appliance {
     calls: HashMap<String, CallRecord>,
     next_poll: Duration,
     next_update: Duration,
+    /// RADIUS accounting, if configured: woken when the CDR store may have queued a record.
+    radius: Option<Radius>,
 }
 
 /// The Request-URI host of a request, if it is an IP address: where a transit request goes.
@@ -569,6 +605,7 @@ impl Appliance {
             calls: HashMap::new(),
             next_poll: now + POLL_INTERVAL,
             next_update: now + COUNTER_INTERVAL,
+            radius: None,
         }
     }
 
@@ -586,6 +623,13 @@ impl Appliance {
             gateway: None,
             carrier: None,
             node: self.node.clone(),
+        }
+    }
+
+    /// Wakes the RADIUS sender, if any (never blocks).
+    fn kick_radius(&self) {
+        if let Some(radius) = &self.radius {
+            radius.kick();
         }
     }
 
@@ -619,8 +663,11 @@ impl Appliance {
                     }
                     if let Some(record) = self.calls.get(&call_id) {
                         let info = self.call_info(&call_id, record, &bridge.unwrap_or_default());
-                        if let Err(e) = self.cdrs.begin(&info, at) {
-                            tracing::error!(%call_id, error = %e, "journalling an answered call");
+                        match self.cdrs.begin(&info, at) {
+                            Ok(()) => self.kick_radius(),
+                            Err(e) => {
+                                tracing::error!(%call_id, error = %e, "journalling an answered call")
+                            }
                         }
                     }
                 }
@@ -680,8 +727,9 @@ impl Appliance {
             from_callee_bytes = counters.from_callee.bytes,
             "call ended"
         );
-        if let Err(e) = self.cdrs.finish(&cdr) {
-            tracing::error!(%call_id, error = %e, "writing a CDR");
+        match self.cdrs.finish(&cdr) {
+            Ok(_) => self.kick_radius(),
+            Err(e) => tracing::error!(%call_id, error = %e, "writing a CDR"),
         }
     }
 
@@ -742,8 +790,11 @@ impl Appliance {
             .iter()
             .map(|(call_id, from_tag, c)| (crate::cdr::CallKey { call_id, from_tag }, *c))
             .collect();
-        if let Err(e) = self.cdrs.update_counters(SystemTime::now(), &keys) {
-            tracing::warn!(error = %e, "storing the counters of active calls");
+        match self.cdrs.update_counters(SystemTime::now(), &keys) {
+            // An Interim-Update may have been queued.
+            Ok(n) if n > 0 => self.kick_radius(),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "storing the counters of active calls"),
         }
     }
 }
@@ -875,6 +926,19 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = err("[sip]\nlisten = [\"0.0.0.0:5060\"]\n");
         assert!(e.contains("sip.listen"), "{e}");
+    }
+
+    #[test]
+    fn a_radius_section_is_read_and_checked() {
+        let s =
+            from_toml("[radius]\nservers = [\"127.0.0.1:1813\"]\nsecret = \"x\"\n").expect("valid");
+        let radius = s.radius.expect("RADIUS on");
+        assert_eq!(radius.servers, ["127.0.0.1:1813".parse().unwrap()]);
+        assert!(from_toml("").expect("valid").radius.is_none());
+        let e = format!("{:#}", from_toml("[radius]\nsecret = \"x\"\n").unwrap_err());
+        assert!(e.contains("radius.servers"), "{e}");
+        let e = format!("{:#}", from_toml("[radius]\nbogus = 1\n").unwrap_err());
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]
