@@ -39,7 +39,7 @@ mod ng;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -81,13 +81,15 @@ struct Browser {
     session: Option<String>,
     /// Events received so far, oldest first.
     events: Vec<Json>,
+    log: PathBuf,
 }
 
 impl Browser {
     fn start(ns: &NetNs, chromium: &Path, dir: &Path) -> Browser {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).expect("profile dir");
-        let log = std::fs::File::create(dir.join("chromium.log")).expect("chromium log");
+        let log_path = dir.join("chromium.log");
+        let log = std::fs::File::create(&log_path).expect("chromium log");
         // The shell moves the pipes to the descriptors Chromium reads and writes the protocol
         // on (3 and 4), and sends Chromium's own stdout to its log, then execs it: `ip netns
         // exec`, sh, Debian's wrapper script and Chromium are one process, the group leader.
@@ -153,7 +155,15 @@ impl Browser {
             next_id: 1,
             session: None,
             events: Vec::new(),
+            log: log_path,
         }
+    }
+
+    /// The end of Chromium's own log (stderr).
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// Sends a command (to the page's session once attached) and waits for its result.
@@ -191,9 +201,13 @@ impl Browser {
 
     /// Opens a tab, attaches to it, and turns on the events the test watches.
     fn open_tab(&mut self) {
-        let target = self
-            .call("Target.createTarget", json!({ "url": "about:blank" }))
-            .expect("create a tab");
+        let target = match self.call("Target.createTarget", json!({ "url": "about:blank" })) {
+            Ok(target) => target,
+            Err(e) => panic!(
+                "chromium does not answer ({e}); its log:\n{}",
+                self.log_tail()
+            ),
+        };
         let target_id = target["targetId"].as_str().expect("a target id").to_owned();
         let attached = self
             .call(
@@ -438,6 +452,7 @@ const SNAPSHOT: &str = r#"(() => {
       baPackets: text(tr, '.c-ba-packets'),
       abRate: text(tr, '.c-ab-rate'),
       last: text(tr, '.c-last'),
+      lastClass: tr.querySelector('.c-last').className,
       peerA: text(tr, '.c-peer-a'),
       expanded: tr.classList.contains('expanded'),
     })),
@@ -638,6 +653,12 @@ fn noc_page_in_chromium() {
     );
     let row = call_row(&first, CALL_ID).expect("the call");
     assert_eq!(row["idText"], CALL_ID);
+    assert!(
+        row["lastClass"]
+            .as_str()
+            .is_some_and(|class| class.contains("age-ok")),
+        "media is flowing: {row:#}"
+    );
     assert_eq!(row["state"], "established");
     assert_eq!(row["tags"], "tag-a → tag-b");
     let before = (count(&row["abPackets"]), count(&row["baPackets"]));
@@ -724,10 +745,24 @@ fn noc_page_in_chromium() {
     std::fs::write(&shot, &png).expect("write the screenshot");
     eprintln!("screenshot: {}", shot.display());
 
-    // Deleted, the call moves to the recently ended ones with its cause and final counters.
+    // When the media stops, the call's last-packet age turns amber (2 s), then...
     stop_media.store(true, Ordering::SeqCst);
     let sent = sender.join().expect("the media thread");
     assert!(sent > 0);
+    let silent = wait_for(&mut browser, "the call going silent", |s| {
+        call_row(s, CALL_ID).is_some_and(|c| {
+            c["lastClass"]
+                .as_str()
+                .is_some_and(|class| class.contains("age-warn"))
+        })
+    });
+    let row = call_row(&silent, CALL_ID).expect("the call");
+    assert!(
+        row["last"].as_str().is_some_and(|t| t.ends_with(" s")),
+        "{row:#}"
+    );
+
+    // ... deleted, it moves to the recently ended calls with its cause and final counters.
     ng.ok(&dict(vec![
         ("command", "delete".into()),
         ("call-id", CALL_ID.into()),
