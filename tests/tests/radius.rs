@@ -19,6 +19,9 @@
 //!   gets no answer and says so, the records stay queued in the CDR database; restarted with the
 //!   right secret, Sluice sends them (once each, with their delay) from the queue.
 //!
+//! - the command line: `--radius` with the secret from `$SLUICE_RADIUS_SECRET`, which
+//!   `--check` does not print; without a secret, the error names the field.
+//!
 //! Run time: about 15 s (the two tests run in parallel). `SLUICE_KEEP_LOGS=1` keeps the logs,
 //! FreeRADIUS's configuration, log and detail file in `$TMPDIR/sluice-radius_<test>-<pid>/`
 //! and `$TMPDIR/sluice-radius-server_<test>-<pid>/` (kept anyway on failure).
@@ -36,7 +39,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{in_path, sipp_stat, wait_for_udp_listener, Proc, WorkDir};
+use harness::{in_path, sipp_stat, sluice_binary, wait_for_udp_listener, Proc, WorkDir};
 use sip_bed::{
     fixtures, s, Bed, CdrRow, Setup, API, BACKEND, CALLEE_MEDIA_PORT, CALLER_MEDIA_PORT, DEADLINE,
     MEDIA_TIMEOUT_S, SIPP_TIMEOUT_S, SIP_PORT,
@@ -485,4 +488,47 @@ fn a_wrong_secret_gets_no_answer_and_the_queue_catches_up_with_the_right_one() {
         bed.sluice.log()
     );
     assert_eq!(bed.read_cdrs().len(), 1, "still one CDR");
+}
+
+#[test]
+fn the_command_line_takes_servers_and_keeps_the_secret_out_of_sight() {
+    let bin = sluice_binary().expect("the sluice binary");
+    let check = |secret: Option<&str>| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args([
+            "run",
+            "--check",
+            "--radius",
+            "127.0.0.1:18130",
+            "--radius",
+            "::1",
+        ])
+        .env_remove("SLUICE_RADIUS_SECRET");
+        if let Some(secret) = secret {
+            cmd.env("SLUICE_RADIUS_SECRET", secret);
+        }
+        cmd.output().expect("sluice run --check")
+    };
+    let out = check(Some("hush-hush"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("127.0.0.1:18130") && stdout.contains("[::1]:1813"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("hush-hush"),
+        "the secret is printed: {stdout}"
+    );
+    let out = check(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("radius.secret: no shared secret"),
+        "{stderr}"
+    );
 }
