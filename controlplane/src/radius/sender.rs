@@ -313,8 +313,12 @@ pub struct Sender<L, C> {
     pub outbox: Outbox,
     pub delivery: Delivery<L, C>,
     failures: u32,
-    /// The last record removed from the outbox (to spot records the bound dropped).
+    /// Every record up to this one has left the outbox, sent or dropped by its bound.
     last_seq: Option<i64>,
+    /// Records past `last_seq` that were sent (a batch can succeed in part).
+    sent_ahead: HashSet<i64>,
+    /// How many records the outbox's bound dropped before they could be sent.
+    pub dropped: u64,
 }
 
 /// What one pass over the outbox did.
@@ -335,6 +339,8 @@ impl<L: Link, C: Clock> Sender<L, C> {
             delivery,
             failures: 0,
             last_seq: None,
+            sent_ahead: HashSet::new(),
+            dropped: 0,
         }
     }
 
@@ -363,15 +369,26 @@ impl<L: Link, C: Clock> Sender<L, C> {
             if let Some(i) = first_repeat {
                 batch.truncate(i);
             }
+            // Sequence numbers only grow and rows leave only when sent or dropped by the bound:
+            // what is missing before the head, and was not sent, was dropped.
+            let head = batch[0].seq;
             if let Some(last) = self.last_seq {
-                let dropped = batch[0].seq - last - 1;
+                let sent = self
+                    .sent_ahead
+                    .iter()
+                    .filter(|&&s| s > last && s < head)
+                    .count() as i64;
+                let dropped = (head - last - 1 - sent).max(0);
                 if dropped > 0 {
+                    self.dropped += dropped as u64;
                     tracing::warn!(
                         dropped,
                         "accounting records dropped from the full RADIUS outbox (their CDRs are in the database)"
                     );
                 }
             }
+            self.last_seq = Some(head - 1);
+            self.sent_ahead.retain(|&s| s >= head);
             let delivered = self.delivery.deliver(&batch);
             let removed: Vec<i64> = delivered
                 .acked
@@ -382,10 +399,8 @@ impl<L: Link, C: Clock> Sender<L, C> {
             if let Err(e) = self.outbox.remove(&removed) {
                 tracing::error!(error = %e, "removing sent records from the RADIUS outbox");
             }
-            // The highest sent in order: everything before it in the batch went too, or the
-            // batch failed and the head is tried again.
+            self.sent_ahead.extend(&removed);
             if removed.len() == batch.len() {
-                self.last_seq = batch.last().map(|r| r.seq);
                 if self.failures > 0 {
                     tracing::info!(
                         server = %self.delivery.current(),

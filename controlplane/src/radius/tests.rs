@@ -261,6 +261,8 @@ struct Script {
     refuses: bool,
     /// Loses this many requests before answering.
     loses: usize,
+    /// Answers only this many requests, then none.
+    answers_left: Option<usize>,
 }
 
 /// A request as a server saw it.
@@ -337,7 +339,11 @@ impl Link for FakeLink {
         });
         if script.loses > 0 {
             script.loses -= 1;
+        } else if script.answers_left == Some(0) {
         } else if let Some(secret) = &script.answers_with {
+            if let Some(left) = &mut script.answers_left {
+                *left -= 1;
+            }
             self.answers.borrow_mut()[server].push_back(answer(packet, secret));
         }
         Ok(())
@@ -625,4 +631,71 @@ fn a_stop_request_ends_a_pass() {
     store.begin(&call(1), clock.now()).unwrap();
     assert_eq!(sender.pass(&|| true), Pass::Stopped);
     assert!(link.seen.borrow().is_empty());
+}
+
+#[test]
+fn records_the_bound_dropped_are_counted_and_the_rest_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cdr.sqlite");
+    let mut store = SqliteCdrStore::open(&path).unwrap();
+    let outbox = Outbox::open(&path, 3, None).unwrap();
+    let clock = FakeClock::new();
+    let link = FakeLink::new(&clock, vec![silent()]);
+    let mut sender = Sender::new(
+        outbox,
+        Delivery::new(config(1), link.clone(), clock.clone()),
+    );
+    let never = || false;
+    store.begin(&call(1), clock.now()).unwrap();
+    assert!(matches!(sender.pass(&never), Pass::Failed(_)));
+    // Four more while the server is down: the outbox keeps the last three.
+    for n in 2..=5 {
+        store.begin(&call(n), clock.now()).unwrap();
+    }
+    link.set(0, up());
+    link.seen.borrow_mut().clear();
+    assert_eq!(sender.pass(&never), Pass::Empty);
+    assert_eq!(sender.dropped, 2);
+    let sent: Vec<String> = link
+        .seen
+        .borrow()
+        .iter()
+        .map(|s| s.text(types::ACCT_SESSION_ID))
+        .collect();
+    assert_eq!(sent, [call(3).call_id, call(4).call_id, call(5).call_id]);
+    // Nothing more is counted as dropped once the outbox flows again.
+    store.begin(&call(6), clock.now()).unwrap();
+    assert_eq!(sender.pass(&never), Pass::Empty);
+    assert_eq!(sender.dropped, 2);
+}
+
+#[test]
+fn a_batch_sent_in_part_is_not_counted_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cdr.sqlite");
+    let mut store = SqliteCdrStore::open(&path).unwrap();
+    let outbox = Outbox::open(&path, 100, None).unwrap();
+    let clock = FakeClock::new();
+    // The server answers the first request it sees and then goes silent.
+    let link = FakeLink::new(
+        &clock,
+        vec![Script {
+            answers_left: Some(1),
+            ..up()
+        }],
+    );
+    let mut sender = Sender::new(
+        outbox,
+        Delivery::new(config(1), link.clone(), clock.clone()),
+    );
+    let never = || false;
+    for n in 1..=3 {
+        store.begin(&call(n), clock.now()).unwrap();
+    }
+    assert!(matches!(sender.pass(&never), Pass::Failed(_)));
+    assert_eq!(sender.outbox.len().unwrap(), 2);
+    link.set(0, up());
+    assert_eq!(sender.pass(&never), Pass::Empty);
+    assert_eq!(sender.outbox.len().unwrap(), 0);
+    assert_eq!(sender.dropped, 0);
 }
