@@ -32,6 +32,13 @@
 //! `Duration` rather than `Instant` keeps tests free of the OS clock (`sip/clippy.toml` forbids
 //! `Instant::now`), and virtual time starts at `Duration::ZERO`.
 //!
+//! # Messages
+//!
+//! Transactions take and return the message layer's [`Request`] and [`Response`]
+//! ([`crate::message`]) and print what they send (requests, retransmissions, ACKs, responses)
+//! with its lossless printer, never rsip's: extension methods, IPv6 hosts, reason phrases,
+//! unknown headers and binary bodies reach the wire as they were given.
+//!
 //! # Matching (RFC 3261 §17.1.3, §17.2.3)
 //!
 //! A [`TransactionKey`] is the top Via `branch` plus the method, plus the top Via sent-by on the
@@ -78,13 +85,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rsip::prelude::*;
-use rsip::{Header, Headers, Method, Request, Response, SipMessage, StatusCode, Transport};
+use rsip::headers::UntypedHeader;
+use rsip::{Header, Headers, Transport};
+
+use crate::message::proxy::{top_via as parse_top_via, ProxyError};
+use crate::message::{make_header, parse_cseq, Method, Request, Response, SipMessage, Via};
 
 /// RFC 3261 Table 4: T1, the RTT estimate (500 ms).
 pub const T1: Duration = Duration::from_millis(500);
@@ -209,21 +218,12 @@ pub enum Role {
 ///
 /// Client keys are the top Via branch and the CSeq method; server keys add the top Via sent-by,
 /// and an ACK is keyed as the INVITE it acknowledges.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TransactionKey {
     role: Role,
     branch: String,
     method: Method,
     sent_by: Option<String>,
-}
-
-// `rsip::Method` is not `Hash`; equal keys have equal branches, so hashing the rest is sound.
-impl Hash for TransactionKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.role.hash(state);
-        self.branch.hash(state);
-        self.sent_by.hash(state);
-    }
 }
 
 impl TransactionKey {
@@ -236,8 +236,8 @@ impl TransactionKey {
         &self.branch
     }
     /// The method of the transaction (INVITE for an ACK to a non-2xx).
-    pub fn method(&self) -> Method {
-        self.method
+    pub fn method(&self) -> &Method {
+        &self.method
     }
     /// The top Via sent-by (`host[:port]`), server keys only.
     pub fn sent_by(&self) -> Option<&str> {
@@ -439,20 +439,48 @@ pub enum Error {
 // Message helpers
 // ---------------------------------------------------------------------------------------------
 
-fn serialize(message: impl Into<SipMessage>) -> Arc<[u8]> {
-    Arc::from(message.into().to_string().into_bytes())
+/// The bytes on the wire come from the message layer's printer, which keeps what the message
+/// was received with (extension methods, the Request-URI as written, reason phrases, unknown
+/// headers, binary bodies); rsip's printer would lose them.
+fn serialize(message: &impl ToBytes) -> Arc<[u8]> {
+    Arc::from(message.to_bytes())
 }
 
-fn top_via(message: &impl HeadersExt) -> Result<rsip::typed::Via, Error> {
-    message
-        .via_header()
-        .map_err(|_| Error::MissingHeader("Via"))?
-        .typed()
-        .map_err(|_| Error::MalformedHeader("Via"))
+trait ToBytes {
+    fn to_bytes(&self) -> Vec<u8>;
 }
 
-fn branch_of(via: &rsip::typed::Via) -> Result<String, Error> {
-    let branch = via.branch().ok_or(Error::MissingBranch)?.to_string();
+impl ToBytes for Request {
+    fn to_bytes(&self) -> Vec<u8> {
+        Request::to_bytes(self)
+    }
+}
+
+impl ToBytes for Response {
+    fn to_bytes(&self) -> Vec<u8> {
+        Response::to_bytes(self)
+    }
+}
+
+impl ToBytes for SipMessage {
+    fn to_bytes(&self) -> Vec<u8> {
+        SipMessage::to_bytes(self)
+    }
+}
+
+fn method(m: rsip::Method) -> Method {
+    Method::from(m)
+}
+
+fn top_via(headers: &Headers) -> Result<Via, Error> {
+    parse_top_via(headers).map_err(|e| match e {
+        ProxyError::NoVia => Error::MissingHeader("Via"),
+        _ => Error::MalformedHeader("Via"),
+    })
+}
+
+fn branch_of(via: &Via) -> Result<String, Error> {
+    let branch = via.branch().ok_or(Error::MissingBranch)?.to_owned();
     if branch.starts_with(MAGIC_COOKIE) {
         Ok(branch)
     } else {
@@ -460,17 +488,32 @@ fn branch_of(via: &rsip::typed::Via) -> Result<String, Error> {
     }
 }
 
-fn cseq_method(message: &impl HeadersExt) -> Result<Method, Error> {
-    Ok(message
-        .cseq_header()
-        .map_err(|_| Error::MissingHeader("CSeq"))?
-        .typed()
-        .map_err(|_| Error::MalformedHeader("CSeq"))?
-        .method)
+/// The top Via sent-by as matched: `host[:port]`, lower case.
+fn sent_by_of(via: &Via) -> String {
+    let host = via.host.to_ascii_lowercase();
+    match via.port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+fn cseq(headers: &Headers) -> Result<(u32, Method), Error> {
+    let value = headers
+        .iter()
+        .find_map(|h| match h {
+            Header::CSeq(v) => Some(v.value()),
+            _ => None,
+        })
+        .ok_or(Error::MissingHeader("CSeq"))?;
+    parse_cseq(value).ok_or(Error::MalformedHeader("CSeq"))
+}
+
+fn cseq_method(headers: &Headers) -> Result<Method, Error> {
+    cseq(headers).map(|(_, m)| m)
 }
 
 fn status_of(response: &Response) -> Result<u16, Error> {
-    let code = response.status_code.code();
+    let code = response.status;
     if (100..700).contains(&code) {
         Ok(code)
     } else {
@@ -495,10 +538,10 @@ fn trying_for(request: &Request) -> Response {
             headers.push(header.clone());
         }
     }
-    headers.push(Header::ContentLength(0.into()));
+    headers.push(make_header("Content-Length", "0"));
     Response {
-        status_code: StatusCode::Trying,
-        version: rsip::Version::V2,
+        status: 100,
+        reason: "Trying".to_owned(),
         headers,
         body: Vec::new(),
     }
@@ -508,15 +551,12 @@ fn trying_for(request: &Request) -> Response {
 /// branch), Call-ID, From, Route set and CSeq number; the response's To (with its tag); CSeq
 /// method ACK; no body.
 fn ack_for(invite: &Request, response: &Response) -> Result<Request, Error> {
-    let seq = invite
-        .cseq_header()
-        .map_err(|_| Error::MissingHeader("CSeq"))?
-        .typed()
-        .map_err(|_| Error::MalformedHeader("CSeq"))?
-        .seq;
+    let (seq, _) = cseq(&invite.headers)?;
     let to = response
-        .to_header()
-        .map_err(|_| Error::MissingHeader("To"))?
+        .headers
+        .iter()
+        .find(|h| matches!(h, Header::To(_)))
+        .ok_or(Error::MissingHeader("To"))?
         .clone();
     let mut headers = Headers::default();
     let mut via_done = false;
@@ -532,16 +572,12 @@ fn ack_for(invite: &Request, response: &Response) -> Result<Request, Error> {
             _ => {}
         }
     }
-    headers.push(Header::To(to));
-    headers.push(Header::CSeq(rsip::headers::CSeq::new(format!(
-        "{seq} {}",
-        Method::Ack
-    ))));
-    headers.push(Header::ContentLength(0.into()));
+    headers.push(to);
+    headers.push(make_header("CSeq", &format!("{seq} ACK")));
+    headers.push(make_header("Content-Length", "0"));
     Ok(Request {
-        method: Method::Ack,
+        method: method(rsip::Method::Ack),
         uri: invite.uri.clone(),
-        version: rsip::Version::V2,
         headers,
         body: Vec::new(),
     })
@@ -679,7 +715,7 @@ impl ClientInvite {
         request: Request,
         out: &mut Out<'_>,
     ) -> Self {
-        let contents = serialize(request.clone());
+        let contents = serialize(&request);
         peer.send(out, &contents);
         let state = ClientInviteState::Calling {
             a: Retransmit::arm(now, cfg.t1, peer.reliable()),
@@ -697,7 +733,7 @@ impl ClientInvite {
 
     fn handle_response(&mut self, now: Duration, cfg: &Config, response: Response, out: &mut Out) {
         use ClientInviteState::*;
-        let code = response.status_code.code();
+        let code = response.status;
         self.state = match std::mem::replace(&mut self.state, Terminated) {
             Calling { .. } | Proceeding => match code {
                 100..=199 => {
@@ -710,7 +746,7 @@ impl ClientInvite {
                 }
                 _ => match ack_for(&self.request, &response) {
                     Ok(ack) => {
-                        let ack = serialize(ack);
+                        let ack = serialize(&ack);
                         self.peer.send(out, &ack);
                         self.ack = Some(ack);
                         self.to_tu(response, out);
@@ -860,7 +896,7 @@ impl ClientNonInvite {
         request: Request,
         out: &mut Out<'_>,
     ) -> Self {
-        let contents = serialize(request);
+        let contents = serialize(&request);
         peer.send(out, &contents);
         let state = ClientNonInviteState::Trying {
             e: Retransmit::arm(now, cfg.t1, peer.reliable()),
@@ -876,7 +912,7 @@ impl ClientNonInvite {
 
     fn handle_response(&mut self, now: Duration, cfg: &Config, response: Response, out: &mut Out) {
         use ClientNonInviteState::*;
-        let code = response.status_code.code();
+        let code = response.status;
         self.state = match std::mem::replace(&mut self.state, Terminated) {
             Trying { e, f } | Proceeding { e, f } => {
                 out.events.push_back(Event::Response {
@@ -1047,7 +1083,7 @@ impl ServerInvite {
 
     fn send_trying(&mut self, out: &mut Out) {
         if let Some(trying) = self.trying.take() {
-            let contents = serialize(trying);
+            let contents = serialize(&trying);
             self.peer.send(out, &contents);
             self.last_response = Some(contents);
         }
@@ -1123,7 +1159,7 @@ impl ServerInvite {
             }
         };
         self.trying = None;
-        let contents = serialize(response);
+        let contents = serialize(&response);
         self.peer.send(out, &contents);
         self.last_response = Some(contents);
         self.state = next;
@@ -1278,7 +1314,7 @@ impl ServerNonInvite {
                 })
             }
         };
-        let contents = serialize(response);
+        let contents = serialize(&response);
         self.peer.send(out, &contents);
         self.last_response = Some(contents);
         self.state = next;
@@ -1460,20 +1496,16 @@ impl Transactions {
         transport: Transport,
         request: Request,
     ) -> Result<(), Error> {
-        let via = top_via(&request)?;
+        let via = top_via(&request.headers)?;
         let branch = branch_of(&via)?;
-        let cseq = cseq_method(&request)?;
+        let cseq = cseq_method(&request.headers)?;
         if cseq != request.method {
             return Err(Error::CSeqMethodMismatch {
                 request: request.method,
                 cseq,
             });
         }
-        let sent_by = via
-            .sent_by()
-            .host_with_port
-            .to_string()
-            .to_ascii_lowercase();
+        let sent_by = sent_by_of(&via);
         let key_for = |method| TransactionKey {
             role: Role::Server,
             branch: branch.clone(),
@@ -1485,9 +1517,9 @@ impl Transactions {
             transport,
         };
 
-        if request.method == Method::Ack {
+        if request.method.is(rsip::Method::Ack) {
             // §17.2.3: the ACK matches the INVITE server transaction it acknowledges.
-            let key = key_for(Method::Invite);
+            let key = key_for(method(rsip::Method::Invite));
             // No match: the end-to-end ACK for a 2xx, for the TU to forward.
             let mut outcome = AckOutcome::ToTu;
             let mut matched = None;
@@ -1513,7 +1545,7 @@ impl Transactions {
             return Ok(());
         }
 
-        let key = key_for(request.method);
+        let key = key_for(request.method.clone());
         if let Some(&id) = self.index.get(&key) {
             let mut out = Out {
                 transmits: &mut self.transmits,
@@ -1532,7 +1564,7 @@ impl Transactions {
             transmits: &mut self.transmits,
             events: &mut self.events,
         };
-        let transaction = if request.method == Method::Invite {
+        let transaction = if request.method.is(rsip::Method::Invite) {
             Transaction::InviteServer(ServerInvite::start(
                 now,
                 &self.config,
@@ -1549,8 +1581,8 @@ impl Transactions {
                 state: ServerNonInviteState::Trying,
             })
         };
-        let event = if request.method == Method::Cancel {
-            let invite = key_for(Method::Invite);
+        let event = if request.method.is(rsip::Method::Cancel) {
+            let invite = key_for(method(rsip::Method::Invite));
             Event::Cancel {
                 key: key.clone(),
                 invite: self.index.contains_key(&invite).then_some(invite),
@@ -1580,9 +1612,9 @@ impl Transactions {
         response: Response,
     ) -> Result<(), Error> {
         status_of(&response)?;
-        let via = top_via(&response)?;
+        let via = top_via(&response.headers)?;
         let branch = branch_of(&via)?;
-        let method = cseq_method(&response)?;
+        let method = cseq_method(&response.headers)?;
         let key = TransactionKey {
             role: Role::Client,
             branch,
@@ -1630,12 +1662,12 @@ impl Transactions {
         transport: Transport,
         request: Request,
     ) -> Result<TransactionKey, Error> {
-        if request.method == Method::Ack {
+        if request.method.is(rsip::Method::Ack) {
             return Err(Error::AckTransaction);
         }
-        let via = top_via(&request)?;
+        let via = top_via(&request.headers)?;
         let branch = branch_of(&via)?;
-        let cseq = cseq_method(&request)?;
+        let cseq = cseq_method(&request.headers)?;
         if cseq != request.method {
             return Err(Error::CSeqMethodMismatch {
                 request: request.method,
@@ -1645,7 +1677,7 @@ impl Transactions {
         let key = TransactionKey {
             role: Role::Client,
             branch,
-            method: request.method,
+            method: request.method.clone(),
             sent_by: None,
         };
         if self.index.contains_key(&key) {
@@ -1659,7 +1691,7 @@ impl Transactions {
             transmits: &mut self.transmits,
             events: &mut self.events,
         };
-        let transaction = if request.method == Method::Invite {
+        let transaction = if request.method.is(rsip::Method::Invite) {
             Transaction::InviteClient(ClientInvite::start(
                 now,
                 &self.config,
@@ -1730,7 +1762,7 @@ impl Transactions {
         self.transmits.push_back(Transmit {
             destination,
             transport,
-            contents: serialize(message),
+            contents: serialize(&message),
         });
     }
 

@@ -238,6 +238,69 @@ hello"),
             expect: Ok(&[]),
         },
         Case {
+            name: "ok_header_names_as_written_multipart_binary",
+            bytes: [
+                crlf("INVITE sip:bob@biloxi.example.com SIP/2.0
+Via: SIP/2.0/UDP [2001:DB8::9]:5060;branch=z9hG4bKnames
+Max-Forwards: 70
+X-oDD-CaSe: Some  Value ;with=params;\"quoted, comma\"
+To: Bob <sip:bob@biloxi.example.com>
+From: Alice <sip:alice@atlanta.example.com>;tag=1928301774
+Call-ID: names@pc33.atlanta.example.com
+CSeq: 1 INVITE
+MIME-Version: 1.0
+user-agent: lower case/1.0
+ALLOW: INVITE, ACK
+Content-Type: multipart/mixed;boundary=b0
+Content-Length: 64
+
+--b0\nContent-Type: application/octet-stream\n\n"),
+                vec![0x00, 0xff, 0xfe, 0x80, b'\r', b'\n'],
+                b"\r\n--b0--\r\n".to_vec(),
+            ]
+            .concat(),
+            expect: Ok(&[
+                "X-oDD-CaSe: Some  Value ;with=params;\"quoted, comma\"\r\n",
+                "MIME-Version: 1.0\r\n",
+                "user-agent: lower case/1.0\r\n",
+                "ALLOW: INVITE, ACK\r\n",
+                "Via: SIP/2.0/UDP [2001:DB8::9]:5060;branch=z9hG4bKnames\r\n",
+            ]),
+        },
+        Case {
+            name: "ok_extension_method_ipv6_uri",
+            bytes: crlf("XFOO sip:x@[2001:db8::77]:5070;user=phone SIP/2.0
+Via: SIP/2.0/UDP [2001:db8::5]:5060;branch=z9hG4bKxfoo
+Max-Forwards: 70
+To: <sip:x@[2001:db8::77]:5070;user=phone>
+From: <sip:peer@[2001:db8::5]>;tag=v6
+Call-ID: xfoo@[2001:db8::5]
+CSeq: 3 XFOO
+Content-Length: 0
+
+"),
+            expect: Ok(&["XFOO sip:x@[2001:db8::77]:5070;user=phone SIP/2.0\r\n"]),
+        },
+        Case {
+            name: "ok_response_custom_reason_binary_body",
+            bytes: [
+                crlf("SIP/2.0 180 Ringing, Softly (please hold)
+Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKrr
+To: <sip:bob@example.com>;tag=bt
+From: <sip:a@example.com>;tag=1
+Call-ID: reason
+CSeq: 1 INVITE
+X-Vendor-Thing: KeepMe  As Is
+Content-Type: application/octet-stream
+Content-Length: 4
+
+"),
+                vec![0xde, 0xad, 0x00, 0xff],
+            ]
+            .concat(),
+            expect: Ok(&["SIP/2.0 180 Ringing, Softly (please hold)\r\n"]),
+        },
+        Case {
             name: "ok_lowercase_method_is_extension",
             bytes: crlf("invite sip:bob@example.com SIP/2.0
 Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKlower
@@ -598,6 +661,27 @@ fn extension_methods_are_not_rsip_methods() {
     };
     assert_eq!(req.method.rsip(), Some(rsip::Method::Invite));
     assert!(req.to_rsip().is_some());
+}
+
+/// A message written with the RFC's header names and no folding, compact forms or combined
+/// values prints back byte for byte: what the transaction layer and the proxy send.
+#[test]
+fn canonical_messages_print_back_byte_for_byte() {
+    for name in [
+        "ok_header_names_as_written_multipart_binary",
+        "ok_extension_method_ipv6_uri",
+        "ok_response_custom_reason_binary_body",
+        "ok_basic_invite",
+    ] {
+        let case = cases().into_iter().find(|c| c.name == name).unwrap();
+        let msg = parse(&case.bytes, &Limits::UDP).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&msg.to_bytes()),
+            String::from_utf8_lossy(&case.bytes),
+            "{name}"
+        );
+        assert_eq!(msg.to_bytes(), case.bytes, "{name}");
+    }
 }
 
 /// Writes every case into the fuzz corpus. Run with

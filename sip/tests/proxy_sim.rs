@@ -141,6 +141,8 @@ struct Sim {
     now: Duration,
     /// Everything the proxy sent, in order, not yet taken.
     wire: Vec<(SocketAddr, String)>,
+    /// Everything the proxy sent, as bytes, in order (never taken).
+    raw: Vec<(SocketAddr, Vec<u8>)>,
     events: Vec<ProxyEvent>,
 }
 
@@ -156,6 +158,7 @@ impl Sim {
             core,
             now: Duration::from_secs(1_700_000_000),
             wire: Vec::new(),
+            raw: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -163,6 +166,7 @@ impl Sim {
     fn drain(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
             assert_eq!(t.local, addr(PROXY));
+            self.raw.push((t.destination, t.contents.to_vec()));
             self.wire.push((
                 t.destination,
                 String::from_utf8_lossy(&t.contents).into_owned(),
@@ -184,6 +188,24 @@ impl Sim {
             bytes.as_bytes(),
         );
         self.drain();
+    }
+
+    /// `from` sends exactly `bytes` to the proxy.
+    fn send_raw(&mut self, from: &str, bytes: &[u8]) {
+        self.core
+            .handle_datagram(self.now, addr(PROXY), addr(from), Transport::Udp, bytes);
+        self.drain();
+    }
+
+    /// The bytes of the last message sent to `to`.
+    fn last_raw(&self, to: &str) -> Vec<u8> {
+        let to = addr(to);
+        self.raw
+            .iter()
+            .rev()
+            .find(|(d, _)| *d == to)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("nothing sent to {to}"))
     }
 
     fn advance(&mut self, by: Duration) {
@@ -1632,4 +1654,236 @@ fn cancel_without_invite_gets_481() {
     .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
     sim.send(CAROL, &cancel);
     sim.one(CAROL, "SIP/2.0 481");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding is byte-exact apart from the proxy's own edits
+// ---------------------------------------------------------------------------------------------
+
+/// A multipart body with a binary part: bytes that are not UTF-8 (and a NUL and CR LF pairs
+/// that are not line ends of the message).
+fn binary_multipart() -> Vec<u8> {
+    let mut body = b"--b0undary\r\nContent-Type: text/plain\r\n\r\nh\xc3\xa9llo\r\n--b0undary\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    body.extend((0u8..=255).rev());
+    body.extend_from_slice(b"\x00\xff\xfe\r\n\r\n\x80");
+    body.extend_from_slice(b"\r\n--b0undary--\r\n");
+    body
+}
+
+fn with_body(head: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = head
+        .replace("{LEN}", &body.len().to_string())
+        .replace('\n', "\r\n")
+        .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The first line of `bytes` that starts with `prefix`, as text.
+fn line_of(bytes: &[u8], prefix: &str) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.split("\r\n")
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {text}"))
+        .to_owned()
+}
+
+#[test]
+fn forwarded_invite_keeps_unknown_headers_and_a_binary_multipart_body() {
+    let mut sim = Sim::new();
+    register(&mut sim, "bob", "bobpw", BOB_NAT, "10.0.0.20:5060");
+    sim.take_events();
+    let body = binary_multipart();
+    let head = "INVITE sip:bob@example.com SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.200:5060;branch=z9hG4bK-lossless-1
+Max-Forwards: 70
+X-oDD-CaSe: Some  Value ;with=params;\"quoted, comma\"
+From: \"Carol\" <sip:carol@other.net>;tag=ft-lossless
+To: <sip:bob@example.com>
+Call-ID: lossless@192.0.2.200
+CSeq: 7 INVITE
+Contact: <sip:carol@192.0.2.200:5060>
+p-lowercase-extension: 1
+Content-Type: multipart/mixed;boundary=b0undary
+MIME-Version: 1.0
+Content-Length: {LEN}
+
+";
+    let sent = with_body(head, &body);
+    sim.send_raw(CAROL, &sent);
+    let forwarded = sim.last_raw(BOB_NAT);
+    // Our edits: the new target, our Via on top, our Record-Route after the Vias, Max-Forwards
+    // one less. Everything else, body included, byte for byte.
+    let our_via = line_of(&forwarded, "Via: ");
+    assert!(
+        our_via.starts_with("Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK"),
+        "{our_via}"
+    );
+    let expected_head = head
+        .replace(
+            "INVITE sip:bob@example.com ",
+            "INVITE sip:bob@10.0.0.20:5060 ",
+        )
+        .replace(
+            "Via: SIP/2.0/UDP 192.0.2.200",
+            &format!("{our_via}\nVia: SIP/2.0/UDP 192.0.2.200"),
+        )
+        .replace(
+            "Max-Forwards: 70\n",
+            "Record-Route: <sip:192.0.2.1:5060;lr>\nMax-Forwards: 69\n",
+        );
+    let expected = with_body(&expected_head, &body);
+    assert_eq!(
+        String::from_utf8_lossy(&forwarded),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(forwarded, expected);
+    // Not SDP: the relay was not asked.
+    assert!(sim.core.relay().offers.is_empty());
+}
+
+#[test]
+fn relayed_responses_keep_reason_phrases_unknown_headers_and_binary_bodies() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "call27", None);
+    let ir = req(&inv);
+    let vias: String = hdrs(&ir.headers, "Via")
+        .iter()
+        .map(|v| format!("Via: {v}\n"))
+        .collect();
+    let body = binary_multipart();
+    let tail = format!(
+        "From: {}
+To: <sip:bob@example.com>;tag=bt
+Call-ID: call27
+CSeq: 1 INVITE
+X-Vendor-Thing: KeepMe  As Is
+Contact: <sip:bob@10.0.0.20:5060>
+Content-Type: multipart/mixed;boundary=b0undary
+Content-Length: {{LEN}}
+
+",
+        hdr(&ir.headers, "From")
+    );
+    let ringing = format!("SIP/2.0 180 Ringing, Softly (please hold)\n{vias}{tail}");
+    sim.send_raw(BOB_NAT, &with_body(&ringing, &body));
+    // Our Via (the top one) removed; nothing else changed.
+    let carol_via = format!("Via: {}\n", hdrs(&ir.headers, "Via")[1]);
+    let expected = with_body(
+        &format!("SIP/2.0 180 Ringing, Softly (please hold)\n{carol_via}{tail}"),
+        &body,
+    );
+    assert_eq!(sim.last_raw(CAROL), expected);
+
+    let busy = format!("SIP/2.0 486 Busy Here, Try Tomorrow\n{vias}{tail}");
+    sim.send_raw(BOB_NAT, &with_body(&busy, &body));
+    sim.one(BOB_NAT, "ACK ");
+    let expected = with_body(
+        &format!("SIP/2.0 486 Busy Here, Try Tomorrow\n{carol_via}{tail}"),
+        &body,
+    );
+    assert_eq!(sim.last_raw(CAROL), expected);
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("call27".to_owned(), EndCause::Failed(486))]
+    );
+}
+
+#[test]
+fn an_extension_method_is_forwarded_not_refused() {
+    let mut sim = Sim::new();
+    let head = "XFOO sip:x@198.51.100.77:5070 SIP/2.0
+Via: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-xfoo-1
+Max-Forwards: 10
+From: <sip:peer@203.0.113.5>;tag=xf
+To: <sip:x@198.51.100.77:5070>
+Call-ID: xfoo-1
+CSeq: 1 XFOO
+X-Extension-Thing: yes
+Content-Type: application/x-thing
+Content-Length: {LEN}
+
+";
+    let body = b"\x01\x02\xff binary\r\n".to_vec();
+    sim.send_raw(PEER, &with_body(head, &body));
+    let forwarded = sim.last_raw("198.51.100.77:5070");
+    let our_via = line_of(&forwarded, "Via: ");
+    let expected = with_body(
+        &head
+            .replace(
+                "Via: SIP/2.0/UDP 203.0.113.5",
+                &format!("{our_via}\nVia: SIP/2.0/UDP 203.0.113.5"),
+            )
+            .replace("Max-Forwards: 10", "Max-Forwards: 9"),
+        &body,
+    );
+    assert_eq!(forwarded, expected);
+    assert!(!sim.take(PEER).iter().any(|m| m.starts_with("SIP/2.0 501")));
+
+    // The answer comes back as sent, less our Via.
+    let answer_head = format!(
+        "SIP/2.0 299 Extension Done\n{our_via}\nVia: SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-xfoo-1
+From: <sip:peer@203.0.113.5>;tag=xf
+To: <sip:x@198.51.100.77:5070>;tag=xt
+Call-ID: xfoo-1
+CSeq: 1 XFOO
+Content-Length: {{LEN}}
+
+"
+    );
+    sim.send_raw("198.51.100.77:5070", &with_body(&answer_head, &body));
+    let expected = with_body(&answer_head.replace(&format!("{our_via}\n"), ""), &body);
+    assert_eq!(sim.last_raw(PEER), expected);
+}
+
+#[test]
+fn ipv6_via_and_request_uri_are_forwarded_as_written() {
+    let mut sim = Sim::new();
+    let head = "MESSAGE sip:x@[2001:db8::77]:5070;user=phone SIP/2.0
+Via: SIP/2.0/UDP [2001:DB8::5]:5060;branch=z9hG4bK-v6-1
+Max-Forwards: 70
+From: <sip:peer@[2001:db8::5]>;tag=v6
+To: <sip:x@[2001:db8::77]:5070;user=phone>
+Call-ID: v6-1@[2001:db8::5]
+CSeq: 3 MESSAGE
+Content-Type: text/plain
+Content-Length: {LEN}
+
+";
+    let body = "caf\u{e9}".as_bytes().to_vec();
+    sim.send_raw(PEER, &with_body(head, &body));
+    let forwarded = sim.last_raw("[2001:db8::77]:5070");
+    let our_via = line_of(&forwarded, "Via: ");
+    assert!(our_via.contains("branch=z9hG4bK"), "{our_via}");
+    // The sender's Via gets `received` (its address is not the sent-by host, §18.2.1).
+    let expected = with_body(
+        &head
+            .replace(
+                "Via: SIP/2.0/UDP [2001:DB8::5]:5060;branch=z9hG4bK-v6-1",
+                &format!(
+                    "{our_via}\nVia: SIP/2.0/UDP [2001:DB8::5]:5060;branch=z9hG4bK-v6-1;received=203.0.113.5"
+                ),
+            )
+            .replace("Max-Forwards: 70", "Max-Forwards: 69"),
+        &body,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&forwarded),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(forwarded, expected);
+
+    let ok_head = format!(
+        "SIP/2.0 202 Accepted For Later\n{our_via}\nVia: SIP/2.0/UDP [2001:DB8::5]:5060;branch=z9hG4bK-v6-1;received=203.0.113.5
+From: <sip:peer@[2001:db8::5]>;tag=v6
+To: <sip:x@[2001:db8::77]:5070;user=phone>;tag=v6t
+Call-ID: v6-1@[2001:db8::5]
+CSeq: 3 MESSAGE
+Content-Length: 0
+
+"
+    );
+    sim.send_raw("[2001:db8::77]:5070", &with_body(&ok_head, b""));
+    let expected = with_body(&ok_head.replace(&format!("{our_via}\n"), ""), b"");
+    assert_eq!(sim.last_raw(PEER), expected);
 }

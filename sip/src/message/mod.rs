@@ -25,15 +25,17 @@
 //! # On rsip
 //!
 //! Headers are [`rsip::Headers`] of [`rsip::Header`], so rsip's `HeadersExt` accessors work on
-//! [`Request`], [`Response`] and [`SipMessage`]. rsip 0.4 cannot express several things a proxy
+//! [`Request`], [`Response`] and [`SipMessage`] for the header fields in [`TYPED_HEADERS`]
+//! (the others are `Header::Other`, see [`make_header`]). rsip 0.4 cannot express several things a proxy
 //! must carry through unchanged, so this module does its own framing and line parsing and keeps
 //! these outside rsip: extension methods and method case ([`Method`]), the Request-URI as written
 //! (rsip's `Uri` drops IPv6 hosts, user parameters and `+` in `tel:`), the reason phrase of known
 //! status codes, binary bodies (rsip prints bodies through `from_utf8_lossy`), header folding,
 //! whitespace before the colon, compact header names, and comma-combined Via / Route /
 //! Record-Route values (split into one rsip header each, which RFC 3261 §7.3.1 makes
-//! equivalent). Unknown headers are kept as `Header::Other(name, value)` with their name and
-//! value as received, and print back unchanged.
+//! equivalent). Every header field outside [`TYPED_HEADERS`] is kept as
+//! `Header::Other(name, value)` with its name and value as received, and prints back
+//! unchanged; typed ones print with their RFC 3261 name (`call-id:` becomes `Call-ID:`).
 
 pub mod grammar;
 pub mod proxy;
@@ -240,6 +242,18 @@ impl Response {
     }
 }
 
+impl From<Request> for SipMessage {
+    fn from(r: Request) -> Self {
+        Self::Request(r)
+    }
+}
+
+impl From<Response> for SipMessage {
+    fn from(r: Response) -> Self {
+        Self::Response(r)
+    }
+}
+
 impl SipMessage {
     /// Prints the message (see [`Request::to_bytes`], [`Response::to_bytes`]).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -399,11 +413,33 @@ pub fn expand_compact(name: &str) -> &str {
         .map_or(name, |(_, long)| long)
 }
 
-/// Makes an rsip header from a name and value: headers rsip knows get their rsip variant
+/// The header fields that get their rsip variant: the ones parsing, transactions and the proxy
+/// look inside (RFC 3261 §8.1.1, §16, §17). rsip prints each with its canonical name, which
+/// for these is the RFC's spelling.
+pub const TYPED_HEADERS: &[&str] = &[
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+    "Route",
+    "Record-Route",
+    "Timestamp",
+    "Proxy-Require",
+    "Proxy-Authorization",
+];
+
+/// Makes an rsip header from a name and value: the [`TYPED_HEADERS`] get their rsip variant
 /// (printing with rsip's canonical name), all others are `Header::Other` with the name as
-/// received.
+/// received, so that they print back byte for byte (rsip would print `MIME-Version` as
+/// `Mime-Version`). Compact names are expanded.
 pub fn make_header(name: &str, value: &str) -> Header {
     let name = expand_compact(name);
+    if !TYPED_HEADERS.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+        return Header::Other(name.to_owned(), value.to_owned());
+    }
     let tokenizer = rsip::headers::header::Tokenizer::from((name.as_bytes(), value.as_bytes()));
     tokenizer
         .try_into()

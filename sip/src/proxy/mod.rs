@@ -36,10 +36,13 @@
 //! Datagrams are parsed by [`crate::message::parse`] (malformed answerable requests get their
 //! `400` statelessly, garbage is dropped and counted in [`Stats`]), then run through
 //! [`crate::transaction::Transactions`] (retransmissions absorbed, 100 Trying sent at once, hop by
-//! hop ACKs, timers). The transaction layer takes `rsip` types, so requests cross with
-//! [`crate::message::Request::to_rsip`] and responses with a local adapter; the core keeps the
-//! message layer's lossless copy of every message it acts on and uses rsip only for what the
-//! transaction layer prints.
+//! hop ACKs, timers). Both layers work on the message layer's [`Request`] and [`Response`],
+//! and every byte sent is printed by [`Request::to_bytes`] / [`Response::to_bytes`]: a forwarded
+//! message keeps its extension method, Request-URI, reason phrase, header order, other headers'
+//! names and values as written, and body bytes, apart from the proxy's own edits (Via,
+//! Record-Route, Route, Max-Forwards, the SDP and its Content-Length). The header fields the
+//! layers look inside ([`crate::message::TYPED_HEADERS`]) print with their RFC 3261 names, and
+//! compact names are expanded (`v:` becomes `Via:`), which §7.3.1 and §7.3.3 make equivalent.
 //!
 //! # Routing
 //!
@@ -68,7 +71,7 @@
 //! # Left out
 //!
 //! DNS (targets must be IP addresses), timer C, strict-routing next hops, reliable provisionals
-//! (PRACK offers), RFC 2543 peers, and methods rsip cannot express (answered `501`).
+//! (PRACK offers) and RFC 2543 peers.
 
 pub mod config;
 pub mod media;
@@ -250,9 +253,6 @@ pub enum ProxyError {
     /// The transaction layer refused a request we built.
     #[error("transaction layer: {0}")]
     Transaction(#[from] transaction::Error),
-    /// rsip cannot express a request we built.
-    #[error("request not expressible for the transaction layer")]
-    NotExpressible,
 }
 
 /// Counters.
@@ -367,7 +367,6 @@ pub struct ProxyCore<R: MediaRelay> {
     /// CANCEL, §9.1); the sequence number keeps equal deadlines apart.
     cancel_guards: BTreeMap<(Duration, u64), TransactionKey>,
     next_guard: u64,
-    incoming: Option<SipMessage>,
     incoming_source: Option<SocketAddr>,
     out: std::collections::VecDeque<Transmit>,
     events: std::collections::VecDeque<ProxyEvent>,
@@ -433,7 +432,6 @@ impl<R: MediaRelay> ProxyCore<R> {
             calls: HashMap::new(),
             cancel_guards: BTreeMap::new(),
             next_guard: 0,
-            incoming: None,
             incoming_source: None,
             out: Default::default(),
             events: Default::default(),
@@ -638,22 +636,17 @@ impl<R: MediaRelay> ProxyCore<R> {
             self.drop_msg(source, format!("bad Via: {e}"));
             return;
         }
-        let Some(rs) = util::request_to_rsip(&req) else {
-            if !is_ack {
-                let resp = build_response(&req, 501, "Not Implemented", None);
-                self.send_bytes(source, transport, resp.to_bytes());
-            }
-            self.drop_msg(source, format!("{} not expressible in rsip", req.method));
-            return;
-        };
-        self.incoming = Some(SipMessage::Request(req.clone()));
         self.incoming_source = Some(source);
-        if let Err(e) =
-            self.txs
-                .handle_incoming(now, source, transport, rsip::SipMessage::Request(rs))
+        // The transaction layer hands the request back in its event; on error the headers
+        // are still needed for the 400.
+        let headers = (!is_ack).then(|| req.headers.clone());
+        if let Err(e) = self
+            .txs
+            .handle_incoming(now, source, transport, SipMessage::Request(req))
         {
-            if !is_ack {
-                let resp = build_response(&req, 400, &e.to_string(), None);
+            if let Some(headers) = headers {
+                let resp =
+                    message::proxy::response_from_headers(&headers, 400, &e.to_string(), None);
                 self.send_bytes(source, transport, resp.to_bytes());
             }
             self.drop_msg(source, e.to_string());
@@ -668,12 +661,10 @@ impl<R: MediaRelay> ProxyCore<R> {
         transport: Transport,
         resp: Response,
     ) {
-        let rs = util::response_to_rsip(&resp);
-        self.incoming = Some(SipMessage::Response(resp));
         self.incoming_source = Some(source);
-        if let Err(e) =
-            self.txs
-                .handle_incoming(now, source, transport, rsip::SipMessage::Response(rs))
+        if let Err(e) = self
+            .txs
+            .handle_incoming(now, source, transport, SipMessage::Response(resp))
         {
             self.drop_msg(source, e.to_string());
         }
@@ -691,28 +682,7 @@ impl<R: MediaRelay> ProxyCore<R> {
         while let Some(event) = self.txs.poll_event() {
             self.tx_event(now, local, event);
         }
-        self.incoming = None;
         self.incoming_source = None;
-    }
-
-    fn take_request(&mut self) -> Option<Request> {
-        match self.incoming.take() {
-            Some(SipMessage::Request(r)) => Some(r),
-            other => {
-                self.incoming = other;
-                None
-            }
-        }
-    }
-
-    fn take_response(&mut self) -> Option<Response> {
-        match self.incoming.take() {
-            Some(SipMessage::Response(r)) => Some(r),
-            other => {
-                self.incoming = other;
-                None
-            }
-        }
     }
 
     fn tx_event(&mut self, now: Duration, local: Option<SocketAddr>, event: TxEvent) {
@@ -722,33 +692,22 @@ impl<R: MediaRelay> ProxyCore<R> {
                 key,
                 source,
                 transport,
+                request,
+            } => self.on_request(now, key, local, source, transport, request),
+            TxEvent::Cancel {
+                key,
+                invite,
+                request,
                 ..
-            } => {
-                if let Some(req) = self.take_request() {
-                    self.on_request(now, key, local, source, transport, req);
-                }
+            } => self.on_cancel(now, key, invite, request),
+            TxEvent::Ack { request, .. } => self.on_ack(request),
+            TxEvent::Response { key, response } => {
+                let source = self.incoming_source;
+                self.on_response(now, key, response, source);
             }
-            TxEvent::Cancel { key, invite, .. } => {
-                if let Some(req) = self.take_request() {
-                    self.on_cancel(now, key, invite, req);
-                }
-            }
-            TxEvent::Ack { .. } => {
-                if let Some(req) = self.take_request() {
-                    self.on_ack(req);
-                }
-            }
-            TxEvent::Response { key, .. } => {
-                if let Some(resp) = self.take_response() {
-                    let source = self.incoming_source;
-                    self.on_response(now, key, resp, source);
-                }
-            }
-            TxEvent::StrayResponse { source, .. } => {
-                if let Some(resp) = self.take_response() {
-                    self.on_stray(resp, source);
-                }
-            }
+            TxEvent::StrayResponse {
+                source, response, ..
+            } => self.on_stray(response, source),
             TxEvent::Timeout { key, .. } | TxEvent::TransportError { key } => {
                 self.on_client_timeout(now, key);
             }
@@ -793,10 +752,7 @@ impl<R: MediaRelay> ProxyCore<R> {
 
     /// Answers a server transaction.
     fn respond(&mut self, now: Duration, key: &TransactionKey, resp: &Response) {
-        if let Err(e) = self
-            .txs
-            .send_response(now, key, util::response_to_rsip(resp))
-        {
+        if let Err(e) = self.txs.send_response(now, key, resp.clone()) {
             self.events.push_back(ProxyEvent::Error {
                 call_id: Some(util::call_id(&resp.headers)),
                 error: e.to_string(),
@@ -826,8 +782,7 @@ impl<R: MediaRelay> ProxyCore<R> {
         dest: SocketAddr,
         transport: Transport,
     ) -> Result<TransactionKey, ProxyError> {
-        let rs = util::request_to_rsip(&req).ok_or(ProxyError::NotExpressible)?;
-        let key = self.txs.send_request(now, dest, transport, rs)?;
+        let key = self.txs.send_request(now, dest, transport, req.clone())?;
         self.clients.insert(
             key.clone(),
             ClientCtx {
@@ -1498,14 +1453,9 @@ impl<R: MediaRelay> ProxyCore<R> {
             record_route(&mut req.headers, &inbound, &outbound);
         }
         push_via(&mut req.headers, &outbound, &branch);
-        let Some(rs) = util::request_to_rsip(&req) else {
-            ctx.finals
-                .push(build_response(&ctx.request, 500, "Cannot Forward", None));
-            return;
-        };
         match self
             .txs
-            .send_request(now, target.dest, target.transport, rs)
+            .send_request(now, target.dest, target.transport, req.clone())
         {
             Ok(key) => {
                 self.stats.forwarded_requests += 1;
@@ -1815,9 +1765,7 @@ impl<R: MediaRelay> ProxyCore<R> {
     /// transaction can no longer carry it (a 2xx after our 487).
     fn forward_response(&mut self, now: Duration, server: &TransactionKey, resp: Response) {
         self.stats.forwarded_responses += 1;
-        let sent = self
-            .txs
-            .send_response(now, server, util::response_to_rsip(&resp));
+        let sent = self.txs.send_response(now, server, resp.clone());
         if sent.is_err() && (200..300).contains(&resp.status) {
             if let Some(dest) = response_target(&resp.headers) {
                 let transport = crate::message::proxy::top_via(&resp.headers)

@@ -1,14 +1,12 @@
-//! Header helpers, the bridge between the message layer's types and rsip's (which the
-//! transaction layer takes), and the deterministic randomness the core derives from its seed.
+//! Header helpers, transport names, and the deterministic randomness the core derives from its
+//! seed.
 
 use std::net::{IpAddr, SocketAddr};
 
 use rsip::{Header, Headers, Transport};
 use sha2::{Digest, Sha256};
 
-use crate::message::{
-    expand_compact, header_name_value, make_header, NameAddr, Request, Response, SipUri,
-};
+use crate::message::{expand_compact, header_name_value, make_header, NameAddr, SipUri};
 use crate::registrar;
 
 /// Values of every header called `name` (compact forms expanded, case-insensitive), in order.
@@ -151,17 +149,6 @@ pub(crate) fn contact_uri(headers: &Headers) -> Option<String> {
     NameAddr::parse(&first).ok().map(|n| n.uri)
 }
 
-/// The message layer's response as rsip's, for the transaction layer. The reason phrase is kept
-/// (as `StatusCode::Other`, which rsip prints as `code reason`).
-pub(crate) fn response_to_rsip(r: &Response) -> rsip::Response {
-    rsip::Response {
-        status_code: rsip::StatusCode::Other(r.status, r.reason.clone()),
-        version: rsip::Version::V2,
-        headers: r.headers.clone(),
-        body: r.body.clone(),
-    }
-}
-
 /// The transport as the registrar names it.
 pub(crate) fn registrar_transport(t: Transport) -> registrar::Transport {
     match t {
@@ -184,11 +171,6 @@ pub(crate) fn rsip_transport(t: registrar::Transport) -> Transport {
         registrar::Transport::Ws => Transport::Ws,
         registrar::Transport::Wss => Transport::Wss,
     }
-}
-
-/// The rsip request for the transaction layer, or `None` when rsip cannot express it.
-pub(crate) fn request_to_rsip(r: &Request) -> Option<rsip::Request> {
-    r.to_rsip()
 }
 
 /// Deterministic randomness from the seed the caller gave: SHA-256 of seed and a counter.
