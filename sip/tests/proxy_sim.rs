@@ -1144,6 +1144,94 @@ fn local_account_invite_needs_407_then_succeeds() {
     assert!(sim.take(BOB_NAT).is_empty());
 }
 
+/// Adds `header` lines right after Max-Forwards.
+fn with_headers(msg: &str, headers: &[String]) -> String {
+    let lines: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    msg.replacen(
+        "Max-Forwards: 70\r\n",
+        &format!("Max-Forwards: 70\r\n{lines}"),
+        1,
+    )
+}
+
+#[test]
+fn credentials_for_our_realm_never_reach_the_callee_and_others_do() {
+    let mut sim = Sim::new();
+    register(&mut sim, "bob", "bobpw", BOB_NAT, "10.0.0.20:5060");
+    let inv = invite(
+        "alice@example.com",
+        "10.0.0.10:5060",
+        "sip:bob@example.com",
+        "creds1",
+        "",
+        Some(&sdp("10.0.0.10")),
+    );
+    sim.send(ALICE_NAT, &inv);
+    let challenge = sim.one(ALICE_NAT, "SIP/2.0 407");
+    let ours = format!(
+        "Proxy-Authorization: {}",
+        credentials(
+            &challenge,
+            "Proxy-Authenticate",
+            "alice",
+            "alicepw",
+            "INVITE",
+            "sip:bob@example.com",
+        )
+    );
+    // For a proxy further on (§22.3: not ours to remove), and our realm under WWW auth.
+    let theirs = "Proxy-Authorization: Digest username=\"a1\", realm=\"carrier.example\", \
+                  nonce=\"n1\", uri=\"sip:bob@example.com\", response=\"00\""
+        .to_owned();
+    let ours_www = "Authorization: Digest username=\"alice\", realm=\"EXAMPLE.com\", \
+                    nonce=\"n2\", uri=\"sip:bob@example.com\", response=\"11\""
+        .to_owned();
+    let retry = with_headers(
+        &inv.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+            .replace("branch=z9hG4bK-creds1-1", "branch=z9hG4bK-creds1-2"),
+        &[ours.clone(), theirs.clone(), ours_www.clone()],
+    );
+    sim.send(ALICE_NAT, &retry);
+    let fwd = sim.one(BOB_NAT, "INVITE ");
+    let credentials_in = |msg: &str| -> Vec<String> {
+        let r = req(msg);
+        let mut v = hdrs(&r.headers, "Proxy-Authorization");
+        v.extend(hdrs(&r.headers, "Authorization"));
+        v
+    };
+    let foreign_only = vec![theirs["Proxy-Authorization: ".len()..].to_owned()];
+    assert_eq!(credentials_in(&fwd), foreign_only, "{fwd}");
+
+    sim.send(
+        BOB_NAT,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "bt",
+            "sip:bob@10.0.0.20:5060",
+            Some(&sdp("10.0.0.20")),
+        ),
+    );
+    let ok = sim.one(ALICE_NAT, "SIP/2.0 200");
+    // baresip resends its cached credentials on the ACK and the BYE.
+    let ack = caller_in_dialog("ACK", &ok, "10.0.0.10:5060", 2, "z9hG4bK-cack", None);
+    sim.send(
+        ALICE_NAT,
+        &with_headers(&ack, &[ours.clone(), theirs.clone()]),
+    );
+    let ack = sim.one(BOB_NAT, "ACK ");
+    assert_eq!(credentials_in(&ack), foreign_only, "{ack}");
+    let bye = caller_in_dialog("BYE", &ok, "10.0.0.10:5060", 3, "z9hG4bK-cbye", None);
+    sim.send(ALICE_NAT, &with_headers(&bye, &[ours, ours_www]));
+    let bye = sim.one(BOB_NAT, "BYE ");
+    assert!(credentials_in(&bye).is_empty(), "{bye}");
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("creds1".to_owned(), EndCause::ByeCaller)]
+    );
+}
+
 #[test]
 fn local_account_to_pstn_gets_p_asserted_identity() {
     let mut sim = Sim::new();

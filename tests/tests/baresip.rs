@@ -831,6 +831,25 @@ fn baresip_phones_behind_nats_call_each_other_through_sluice() {
     for sdp in &answers {
         assert_sdp_is_sluices(sdp, &ALICE, "the 200 alice received");
     }
+    // Alice's credentials for Sluice stay with Sluice: baresip resends them on the ACK and the
+    // BYE, and bob receives none of them.
+    let to_bob: Vec<Traced> = sip_trace(&bob_log)
+        .into_iter()
+        .filter(|m| m.to == BOB.sip_listen().to_string())
+        .collect();
+    for method in ["INVITE ", "ACK ", "BYE "] {
+        assert!(
+            to_bob.iter().any(|m| m.start_line().starts_with(method)),
+            "bob received no {method}:\n{bob_log}"
+        );
+    }
+    for m in &to_bob {
+        assert!(
+            m.header("Proxy-Authorization").is_none() && m.header("Authorization").is_none(),
+            "bob received credentials:\n{}",
+            m.message
+        );
+    }
     // And what alice sent did name her private address: Sluice rewrote it.
     let sent_offer = sip_trace(&alice_log)
         .into_iter()

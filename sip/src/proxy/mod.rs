@@ -40,8 +40,10 @@
 //! and every byte sent is printed by [`Request::to_bytes`] / [`Response::to_bytes`]: a forwarded
 //! message keeps its extension method, Request-URI, reason phrase, header order, other headers'
 //! names and values as written, and body bytes, apart from the proxy's own edits (Via,
-//! Record-Route, Route, Max-Forwards, the SDP and its Content-Length). The header fields the
-//! layers look inside ([`crate::message::TYPED_HEADERS`]) print with their RFC 3261 names, and
+//! Record-Route, Route, Max-Forwards, the SDP and its Content-Length, and the `Authorization` /
+//! `Proxy-Authorization` values for our own realms, which UAs resend on every request of a
+//! dialog and which never leave us; other realms' credentials are forwarded). The header fields
+//! the layers look inside ([`crate::message::TYPED_HEADERS`]) print with their RFC 3261 names, and
 //! compact names are expanded (`v:` becomes `Via:`), which §7.3.1 and §7.3.3 make equivalent.
 //!
 //! # Routing
@@ -815,6 +817,14 @@ impl<R: MediaRelay> ProxyCore<R> {
     // Requests
     // -----------------------------------------------------------------------------------------
 
+    /// Removes from a request we forward the credentials for our own realms (our domains), on
+    /// every request of a dialog: UAs resend their cached credentials on ACK, BYE, re-INVITE,
+    /// and a digest response is material for an offline guess of one of our accounts'
+    /// passwords. Credentials for other realms are for someone downstream and stay (§22.3).
+    fn remove_own_credentials(&self, headers: &mut rsip::Headers) {
+        util::remove_credentials_for(headers, |realm| self.config.is_local_domain(realm));
+    }
+
     fn is_local_host(&self, host: &str) -> bool {
         self.config.is_local_domain(host) || self.ours.iter().any(|l| same_host(&l.host, host))
     }
@@ -994,9 +1004,7 @@ impl<R: MediaRelay> ProxyCore<R> {
 
         // Build the template: credentials for us and untrusted identities removed.
         let mut template = req.clone();
-        if let Caller::Local(_) = caller {
-            util::remove(&mut template.headers, "Proxy-Authorization");
-        }
+        self.remove_own_credentials(&mut template.headers);
         if caller != Caller::Trusted {
             util::remove(&mut template.headers, "P-Asserted-Identity");
         }
@@ -1335,6 +1343,7 @@ impl<R: MediaRelay> ProxyCore<R> {
         };
         let call_id = util::call_id(&req.headers);
         let mut template = req.clone();
+        self.remove_own_credentials(&mut template.headers);
         if decrement_max_forwards(&mut template.headers).is_err() {
             self.reply(now, &key, &req, 483, "Too Many Hops");
             return;
@@ -1605,6 +1614,7 @@ impl<R: MediaRelay> ProxyCore<R> {
                 }),
             }
         }
+        self.remove_own_credentials(&mut req.headers);
         if decrement_max_forwards(&mut req.headers).is_err() {
             return;
         }

@@ -37,6 +37,38 @@ pub(crate) fn remove(headers: &mut Headers, name: &str) {
     *headers = kept.into();
 }
 
+/// The `realm` parameter of an `Authorization` / `Proxy-Authorization` value (any scheme),
+/// unquoted; `None` when it has none.
+pub(crate) fn credential_realm(value: &str) -> Option<String> {
+    let params = value.trim_start().split_once(char::is_whitespace)?.1;
+    crate::message::grammar::split_outside_quotes(params, ',')
+        .into_iter()
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("realm"))
+        .map(|(_, v)| {
+            let v = v.trim();
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+                .to_owned()
+        })
+}
+
+/// Removes the `Authorization` and `Proxy-Authorization` values whose realm `is_ours` accepts,
+/// keeping those for other realms (RFC 3261 §22.3) and those that name none.
+pub(crate) fn remove_credentials_for(headers: &mut Headers, is_ours: impl Fn(&str) -> bool) {
+    let kept: Vec<Header> = std::mem::take(headers)
+        .into_iter()
+        .filter(|h| {
+            let (n, v) = header_name_value(h);
+            let is_credential = n.eq_ignore_ascii_case("Proxy-Authorization")
+                || n.eq_ignore_ascii_case("Authorization");
+            !(is_credential && credential_realm(&v).is_some_and(|r| is_ours(&r)))
+        })
+        .collect();
+    *headers = kept.into();
+}
+
 /// Replaces every header called `name` by one with `value` (at the first one's place, else at the
 /// end).
 pub(crate) fn set(headers: &mut Headers, name: &str, value: &str) {
@@ -212,5 +244,61 @@ impl Drbg {
             .take(8)
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_realms() {
+        assert_eq!(
+            credential_realm(r#"Digest username="a", realm="Example.COM", nonce="n,x""#).as_deref(),
+            Some("Example.COM")
+        );
+        assert_eq!(
+            credential_realm("Digest realm=bare,username=a").as_deref(),
+            Some("bare")
+        );
+        assert_eq!(credential_realm(r#"Digest username="realm=x""#), None);
+        assert_eq!(credential_realm("Basic"), None);
+    }
+
+    #[test]
+    fn only_credentials_for_our_realms_are_removed() {
+        let mut headers: Headers = vec![
+            make_header(
+                "Proxy-Authorization",
+                r#"Digest username="a", realm="ours.net""#,
+            ),
+            make_header(
+                "Proxy-Authorization",
+                r#"Digest username="a", realm="theirs.org""#,
+            ),
+            make_header("Authorization", r#"Digest username="a", realm="OURS.net""#),
+            make_header(
+                "Authorization",
+                r#"Digest username="a", realm="pbx.theirs.org""#,
+            ),
+            make_header("X-Other", r#"realm="ours.net""#),
+        ]
+        .into();
+        remove_credentials_for(&mut headers, |r| r.eq_ignore_ascii_case("ours.net"));
+        let left: Vec<String> = headers
+            .iter()
+            .map(|h| {
+                let (n, v) = header_name_value(h);
+                format!("{n}: {v}")
+            })
+            .collect();
+        assert_eq!(
+            left,
+            [
+                r#"Proxy-Authorization: Digest username="a", realm="theirs.org""#,
+                r#"Authorization: Digest username="a", realm="pbx.theirs.org""#,
+                r#"X-Other: realm="ours.net""#,
+            ]
+        );
     }
 }
