@@ -312,11 +312,11 @@ pub fn run(args: &StreamsArgs, kind: RelayKind) -> Result<StreamsReport> {
         }
     }
 
-    let mut ng = match &process {
+    let ng = match &process {
         Some(_) => {
             let server: SocketAddr = NG_ADDR.parse()?;
             let socket = bed.relay().run(|| UdpSocket::bind("127.0.0.1:0"))??;
-            let mut ng = NgClient::new(socket, server);
+            let ng = NgClient::new(socket, server);
             let waited = ng.wait_for_pong(Duration::from_secs(20));
             if let Some(p) = process.as_mut() {
                 p.check_alive()?;
@@ -336,7 +336,7 @@ pub fn run(args: &StreamsArgs, kind: RelayKind) -> Result<StreamsReport> {
     // One call per stream.
     let setup_started = Instant::now();
     let mut streams: Vec<(SocketAddrV4, SocketAddrV4)> = Vec::new(); // (dest, expected source)
-    match ng.as_mut() {
+    match ng.as_ref() {
         Some(ng) => {
             for i in 0..args.streams {
                 let anchors = offer_answer(ng, &format!("bench-{i}"), caller, callee)

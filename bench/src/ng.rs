@@ -1,17 +1,23 @@
 //! A small client of rtpengine's "ng" control protocol: bencode, the `<cookie> <dict>` framing
 //! over UDP, and retransmission with the same cookie when a reply is late. `sluice-bench streams
 //! --setup ng` and `--against rtpengine` set every stream up through it with an offer and an
-//! answer, as a SIP proxy would, so Sluice and rtpengine get the very same signalling.
+//! answer, as a SIP proxy would, so Sluice and rtpengine get the very same signalling; the
+//! end-to-end tests drive `sluice relay` with it too.
+//!
+//! It is written from the protocol, not from Sluice's own codec (`controlplane/src/ng/`), so
+//! that a mistake shared by Sluice's encoder and decoder cannot hide from the tests or the bench.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 /// A bencoded value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Value {
     /// `i<n>e`
     Int(i64),
@@ -21,6 +27,26 @@ pub enum Value {
     List(Vec<Value>),
     /// `d...e`, keys sorted.
     Dict(BTreeMap<Vec<u8>, Value>),
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Bytes(b) => write!(f, "{:?}", String::from_utf8_lossy(b)),
+            Value::List(l) => f.debug_list().entries(l).finish(),
+            Value::Dict(d) => f
+                .debug_map()
+                .entries(d.iter().map(|(k, v)| (String::from_utf8_lossy(k), v)))
+                .finish(),
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
 }
 
 impl From<&str> for Value {
@@ -60,10 +86,39 @@ impl Value {
         }
     }
 
+    /// Follows a path of dictionary keys.
+    pub fn path(&self, keys: &[&str]) -> Option<&Value> {
+        keys.iter().try_fold(self, |v, k| v.get(k))
+    }
+
     /// The string this is, if it is UTF-8 bytes.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    /// The integer this is.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The items of this list.
+    pub fn as_list(&self) -> Option<&[Value]> {
+        match self {
+            Value::List(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// The entries of this dictionary.
+    pub fn as_dict(&self) -> Option<&BTreeMap<Vec<u8>, Value>> {
+        match self {
+            Value::Dict(d) => Some(d),
             _ => None,
         }
     }
@@ -164,16 +219,18 @@ fn decode_at(data: &[u8], at: usize, depth: usize) -> Result<(Value, usize)> {
     }
 }
 
+/// Cookies unique in this process, so that clients sharing a server never take each other's
+/// replies for their own.
+static COOKIES: AtomicU64 = AtomicU64::new(1);
+
 /// An ng client on a UDP socket (bound in the namespace the server listens in).
 pub struct NgClient {
     socket: UdpSocket,
     server: SocketAddr,
-    cookie: u64,
     /// How long to wait for each reply before sending the request again.
     pub wait: Duration,
     /// How many times a request is sent before giving up.
     pub attempts: u32,
-    buf: Vec<u8>,
 }
 
 impl NgClient {
@@ -182,28 +239,36 @@ impl NgClient {
         NgClient {
             socket,
             server,
-            cookie: 0,
             wait: Duration::from_millis(2000),
             attempts: 3,
-            buf: vec![0; 65_535],
         }
     }
 
     /// Sends `request` and returns the reply dictionary; late replies to earlier cookies are
-    /// skipped, a missing reply is sent again with the same cookie.
-    pub fn request(&mut self, request: &Value) -> Result<Value> {
-        self.cookie += 1;
-        let cookie = format!("{}_{}", std::process::id(), self.cookie);
+    /// skipped, a missing reply is sent again with the same cookie (as Kamailio's rtpengine
+    /// module does).
+    pub fn request(&self, request: &Value) -> Result<Value> {
+        self.request_with(request, self.wait, self.attempts)
+    }
+
+    fn request_with(&self, request: &Value, wait: Duration, attempts: u32) -> Result<Value> {
+        let cookie = format!(
+            "{}_{}",
+            std::process::id(),
+            COOKIES.fetch_add(1, Ordering::Relaxed)
+        );
         let mut datagram = format!("{cookie} ").into_bytes();
         datagram.extend_from_slice(&request.encode());
-        self.socket.set_read_timeout(Some(self.wait))?;
-        for _ in 0..self.attempts {
+        self.socket.set_read_timeout(Some(wait))?;
+        let mut buf = vec![0u8; 65_535];
+        for _ in 0..attempts {
             self.socket
                 .send_to(&datagram, self.server)
                 .with_context(|| format!("sending to {}", self.server))?;
             loop {
-                let n = match self.socket.recv_from(&mut self.buf) {
+                let n = match self.socket.recv_from(&mut buf) {
                     Ok((n, _)) => n,
+                    // Timed out, or a previous send's ICMP unreachable (the server is not up).
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -214,59 +279,57 @@ impl NgClient {
                     {
                         break
                     }
-                    Err(e) => return Err(e).context("receiving an ng reply"),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("receiving from {}", self.server))
+                    }
                 };
-                let reply = &self.buf[..n];
+                let reply = &buf[..n];
                 let Some(space) = reply.iter().position(|&b| b == b' ') else {
-                    bail!("a reply without a cookie");
+                    bail!(
+                        "a reply without a cookie: {:?}",
+                        String::from_utf8_lossy(reply)
+                    );
                 };
                 if &reply[..space] != cookie.as_bytes() {
-                    continue;
+                    continue; // the late reply to an earlier request
                 }
-                return Value::decode(&reply[space + 1..]).context("the ng reply");
+                return Value::decode(&reply[space + 1..]).with_context(|| {
+                    format!(
+                        "the reply to {cookie} is not bencode: {:?}",
+                        String::from_utf8_lossy(reply)
+                    )
+                });
             }
         }
         bail!(
-            "no reply from {} after {} attempts",
-            self.server,
-            self.attempts
+            "no reply from {} after {attempts} attempts of {wait:?}",
+            self.server
         )
     }
 
-    /// Like [`request`](Self::request), and the reply's `result` must be `ok`.
-    pub fn ok(&mut self, request: &Value) -> Result<Value> {
+    /// Like [`request`](Self::request), and the reply's `result` must be `ok` (or `pong`).
+    pub fn ok(&self, request: &Value) -> Result<Value> {
         let reply = self.request(request)?;
         match reply.get("result").and_then(Value::as_str) {
-            Some("ok") => Ok(reply),
-            _ => bail!("ng request failed: {reply:?}"),
+            Some("ok" | "pong") => Ok(reply),
+            _ => bail!("ng request {request:?} failed: {reply:?}"),
         }
     }
 
     /// `ping` until `pong`, at most `within`.
-    pub fn wait_for_pong(&mut self, within: Duration) -> Result<()> {
-        let (wait, attempts) = (self.wait, self.attempts);
-        self.wait = Duration::from_millis(100);
-        self.attempts = 1;
+    pub fn wait_for_pong(&self, within: Duration) -> Result<()> {
         let started = std::time::Instant::now();
         let ping = dict(vec![("command", "ping".into())]);
-        let mut last = String::new();
-        let up = loop {
-            match self.request(&ping) {
-                Ok(r) if r.get("result").and_then(Value::as_str) == Some("pong") => break true,
-                Ok(r) => last = format!("{r:?}"),
-                Err(e) => last = e.to_string(),
-            }
+        loop {
+            let last = match self.request_with(&ping, Duration::from_millis(100), 1) {
+                Ok(r) if r.get("result").and_then(Value::as_str) == Some("pong") => return Ok(()),
+                Ok(r) => format!("{r:?}"),
+                Err(e) => e.to_string(),
+            };
             if started.elapsed() > within {
-                break false;
+                bail!("no pong from {} within {within:?} ({last})", self.server)
             }
             std::thread::sleep(Duration::from_millis(50));
-        };
-        self.wait = wait;
-        self.attempts = attempts;
-        if up {
-            Ok(())
-        } else {
-            bail!("no pong from {} within {within:?} ({last})", self.server)
         }
     }
 }
@@ -310,7 +373,7 @@ pub struct Anchors {
 /// Sets up one call: the caller's offer (from `caller`) and the callee's answer (from `callee`),
 /// with the interface direction `caller` → `callee`.
 pub fn offer_answer(
-    ng: &mut NgClient,
+    ng: &NgClient,
     call_id: &str,
     caller: SocketAddrV4,
     callee: SocketAddrV4,
@@ -372,6 +435,11 @@ mod tests {
         assert_eq!(Value::decode(&e).unwrap(), v);
         assert!(Value::decode(b"d3:abc").is_err());
         assert!(Value::decode(b"i1ex").is_err());
+        assert!(Value::decode(b"5:ab").is_err());
+        assert!(Value::decode(b"i1ei2e").is_err());
+        let nested = dict(vec![("a", dict(vec![("b", Value::Int(7))]))]);
+        assert_eq!(nested.path(&["a", "b"]).and_then(Value::as_int), Some(7));
+        assert_eq!(format!("{nested:?}"), r#"{"a": {"b": 7}}"#);
     }
 
     #[test]

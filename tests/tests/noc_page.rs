@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::{http_get, in_path, sluice_binary, Proc, WorkDir};
-use ng::{dict, NgClient};
+use ng::{dict, NgClient, NgExt, ValueExt};
 use serde_json::{json, Value as Json};
 use sluice_dataplane::netns::{privileged_test, NetNs};
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
@@ -366,7 +366,7 @@ fn set_up_call(
     caller: SocketAddrV4,
     callee: SocketAddrV4,
 ) -> (SocketAddrV4, SocketAddrV4) {
-    let offer = ng.ok(&dict(vec![
+    let offer = ng.expect_ok(&dict(vec![
         ("command", "offer".into()),
         ("call-id", call_id.into()),
         ("from-tag", from_tag.into()),
@@ -374,7 +374,7 @@ fn set_up_call(
         ("flags", vec!["symmetric"].into()),
         ("direction", vec!["caller", "callee"].into()),
     ]));
-    let answer = ng.ok(&dict(vec![
+    let answer = ng.expect_ok(&dict(vec![
         ("command", "answer".into()),
         ("call-id", call_id.into()),
         ("from-tag", from_tag.into()),
@@ -763,7 +763,7 @@ fn noc_page_in_chromium() {
     );
 
     // ... deleted, it moves to the recently ended calls with its cause and final counters.
-    ng.ok(&dict(vec![
+    ng.expect_ok(&dict(vec![
         ("command", "delete".into()),
         ("call-id", CALL_ID.into()),
         ("from-tag", "tag-a".into()),

@@ -30,6 +30,8 @@
 //! --test-threads=1` prints the ng offer+answer rate and the relay's memory per call for each
 //! backend.
 
+#[path = "common/harness.rs"]
+mod harness;
 #[path = "common/ng.rs"]
 mod ng;
 
@@ -42,7 +44,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ng::{dict, NgClient, Value};
+use ng::{dict, NgClient, NgExt, Value, ValueExt};
 use sluice_dataplane::netns::NetNs;
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
 
@@ -68,90 +70,10 @@ fn privileged() -> bool {
 /// The `sluice` binary, built once per test process.
 fn sluice_binary() -> &'static Path {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BINARY.get_or_init(build_sluice) {
+    match BINARY.get_or_init(harness::sluice_binary) {
         Ok(path) => path,
         Err(e) => panic!("cannot build the sluice binary: {e}"),
     }
-}
-
-fn build_sluice() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("SLUICE_BIN") {
-        let path = PathBuf::from(path);
-        eprintln!("relay_ng: using SLUICE_BIN={}", path.display());
-        return Ok(path);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("the tests crate has no parent directory")?
-        .to_path_buf();
-    let dir = std::env::temp_dir();
-    let out_path = dir.join(format!("sluice-relay-ng-build-{}.json", std::process::id()));
-    let err_path = dir.join(format!("sluice-relay-ng-build-{}.err", std::process::id()));
-    let out = File::create(&out_path).map_err(|e| format!("{}: {e}", out_path.display()))?;
-    let err = File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(&workspace)
-        .args([
-            "build",
-            "-p",
-            "sluice",
-            "--bin",
-            "sluice",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", Path::new(&cargo).display()))?;
-    // Generous: another cargo may hold the build directory's lock for a while.
-    let limit = Duration::from_secs(900);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("`cargo build -p sluice` took over {limit:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(format!("waiting for cargo: {e}")),
-        }
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    let _ = std::fs::remove_file(&err_path);
-    if !status.success() {
-        return Err(format!(
-            "`cargo build -p sluice` failed ({status}):\n{stderr}"
-        ));
-    }
-    let executable = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sluice")
-        .filter(|m| {
-            m["target"]["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bin"))
-        })
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| format!("cargo reported no `sluice` executable:\n{stderr}"))?;
-    eprintln!(
-        "relay_ng: built {} in {:.1} s (cargo build -p sluice --bin sluice, in {})",
-        executable.display(),
-        started.elapsed().as_secs_f64(),
-        workspace.display()
-    );
-    Ok(executable)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,7 +178,7 @@ impl<'a> Relay<'a> {
                     break;
                 }
                 Ok(reply) => last = format!("{reply:?}"),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -460,7 +382,7 @@ fn offer_answer(
         ("ICE", "remove".into()),
     ];
     offer.extend(offer_extra);
-    let reply = relay.ng.ok(&dict(offer));
+    let reply = relay.ng.expect_ok(&dict(offer));
     assert_eq!(reply.get("warning"), None, "every key is understood");
     let offered = reply.str_at("sdp");
     let callee_side = advertised(offered);
@@ -472,7 +394,7 @@ fn offer_answer(
         )),
         "replace origin rewrites o=:\n{offered}"
     );
-    let reply = relay.ng.ok(&dict(vec![
+    let reply = relay.ng.expect_ok(&dict(vec![
         ("command", "answer".into()),
         ("call-id", call_id.into()),
         ("from-tag", "tag-a".into()),
@@ -492,7 +414,7 @@ fn offer_answer(
 
 /// The active call-ids. `limit` is explicit: rtpengine answers at most 32 without it.
 fn call_ids(relay: &Relay) -> Vec<String> {
-    let reply = relay.ng.ok(&dict(vec![
+    let reply = relay.ng.expect_ok(&dict(vec![
         ("command", "list".into()),
         ("limit", Value::Int(5000)),
     ]));
@@ -535,7 +457,7 @@ fn query_settled(relay: &Relay, call_id: &str, packets: i64) -> Value {
 }
 
 fn delete(relay: &Relay, call_id: &str) -> Value {
-    relay.ng.ok(&dict(vec![
+    relay.ng.expect_ok(&dict(vec![
         ("command", "delete".into()),
         ("call-id", call_id.into()),
         ("from-tag", "tag-a".into()),
@@ -1033,7 +955,7 @@ fn thousand_calls(backend: &'static str) {
     let started = Instant::now();
     let mut anchors = Vec::with_capacity(CALLS);
     for i in 0..CALLS {
-        let offer = relay.ng.ok(&dict(vec![
+        let offer = relay.ng.expect_ok(&dict(vec![
             ("command", "offer".into()),
             ("call-id", id(i).into()),
             ("from-tag", "tag-a".into()),
@@ -1041,7 +963,7 @@ fn thousand_calls(backend: &'static str) {
             ("direction", vec!["caller", "callee"].into()),
             ("flags", vec!["trust-address"].into()),
         ]));
-        let answer = relay.ng.ok(&dict(vec![
+        let answer = relay.ng.expect_ok(&dict(vec![
             ("command", "answer".into()),
             ("call-id", id(i).into()),
             ("from-tag", "tag-a".into()),
