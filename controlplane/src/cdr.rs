@@ -6,7 +6,7 @@
 //! [`CdrStore`] keeps them; [`SqliteCdrStore`] is the embedded default, a SQLite file whose
 //! columns follow the RADIUS accounting attributes of the MSP / OpenSIPS platforms
 //! (`AcctSessionId`, `AcctStartTime`, `AcctStopTime`, `AcctSessionTime`, `AcctInputOctets`, ...;
-//! see [`SCHEMA_V1`]).
+//! see [`SCHEMA_V1`] and [`SCHEMA_V2`]).
 //!
 //! # Directions
 //!
@@ -44,7 +44,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 pub const DEFAULT_CDR_DB: &str = "/var/lib/sluice/cdr.sqlite";
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The first schema: the CDRs, the journal of active calls, and the version.
 ///
@@ -103,6 +103,14 @@ CREATE TABLE active_calls (
     NodeName          TEXT    NOT NULL,
     PRIMARY KEY (AcctSessionId, SipFromTag)
 );
+";
+
+/// The second schema, over the first: the phones' `User-Agent`s (`SipUserAgents`, as the MSP
+/// platforms name it: the caller's and the callee's, `caller + callee`). Added columns only, so
+/// this build still reads a version 1 database (without them) read-only.
+pub const SCHEMA_V2: &str = "\
+ALTER TABLE cdrs ADD COLUMN SipUserAgents TEXT;
+ALTER TABLE active_calls ADD COLUMN SipUserAgents TEXT;
 ";
 
 /// What went wrong with the CDR store.
@@ -224,6 +232,8 @@ pub struct CallInfo {
     pub source_ip: IpAddr,
     /// Who pays: the SIP account or trusted peer (`BillingParty`).
     pub billing_party: Option<String>,
+    /// The caller's and the callee's `User-Agent`, as `caller + callee` (`SipUserAgents`).
+    pub user_agents: Option<String>,
     /// The Request-URI after routing (`CanonicalURI`).
     pub canonical_uri: String,
     /// `INVITE`.
@@ -327,6 +337,8 @@ pub struct ActiveCall {
 /// The embedded CDR store: a SQLite database file.
 pub struct SqliteCdrStore {
     conn: Connection,
+    /// The database has `SipUserAgents` (schema 2; a version 1 file opened read-only has not).
+    has_user_agents: bool,
 }
 
 impl fmt::Debug for SqliteCdrStore {
@@ -360,7 +372,10 @@ impl SqliteCdrStore {
             tracing::warn!(path = %path.display(), mode, "the CDR database is not in WAL mode");
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            has_user_agents: true,
+        };
         store.migrate(path)?;
         Ok(store)
     }
@@ -388,7 +403,19 @@ impl SqliteCdrStore {
                 found,
             });
         }
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            has_user_agents: found >= 2,
+        })
+    }
+
+    /// What the SELECTs name for `SipUserAgents`.
+    fn user_agents_column(&self) -> &'static str {
+        if self.has_user_agents {
+            "SipUserAgents"
+        } else {
+            "NULL"
+        }
     }
 
     /// Brings the schema to [`SCHEMA_VERSION`].
@@ -407,7 +434,10 @@ impl SqliteCdrStore {
             tx.execute_batch(SCHEMA_V1)?;
             tx.execute("INSERT INTO schema_version (version) VALUES (1)", [])?;
         }
-        // Later versions: `if found < 2 { ALTER TABLE ...; UPDATE schema_version ... }`.
+        if found < 2 {
+            tx.execute_batch(SCHEMA_V2)?;
+            tx.execute("UPDATE schema_version SET version = 2", [])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -466,15 +496,22 @@ fn count_from_sql(n: i64) -> u64 {
 const CDR_COLUMNS: &str = "AcctSessionId, SipFromTag, SipToTag, SipFromURI, SipToURI, \
     CanonicalURI, SourceIP, BillingParty, SipMethod, SipResponseCode, AcctStartTime, \
     AcctStopTime, AcctSessionTime, AcctTerminateCause, AcctInputOctets, AcctOutputOctets, \
-    AcctInputPackets, AcctOutputPackets, Gateway, Carrier, NodeName";
+    AcctInputPackets, AcctOutputPackets, Gateway, Carrier, NodeName, SipUserAgents";
 
 const ACTIVE_COLUMNS: &str = "AcctSessionId, SipFromTag, SipToTag, SipFromURI, SipToURI, \
     CanonicalURI, SourceIP, BillingParty, SipMethod, SipResponseCode, AcctStartTime, \
     LastUpdateTime, AcctInputOctets, AcctOutputOctets, AcctInputPackets, AcctOutputPackets, \
-    Gateway, Carrier, NodeName";
+    Gateway, Carrier, NodeName, SipUserAgents";
+
+/// The columns to SELECT: `columns` with `SipUserAgents` (the last) named as `user_agents`
+/// says (`NULL` in a version 1 database).
+fn select_columns(columns: &str, user_agents: &str) -> String {
+    columns.replace("SipUserAgents", user_agents)
+}
 
 /// Reads the [`CallInfo`] columns a row of either table starts with (the first ten but the
-/// response code), plus the three last (`Gateway`, `Carrier`, `NodeName`) at `tail`.
+/// response code), plus the four last (`Gateway`, `Carrier`, `NodeName`, `SipUserAgents`) at
+/// `tail`.
 fn call_from_row(row: &Row<'_>, tail: usize) -> rusqlite::Result<Result<CallInfo, CdrError>> {
     let source: String = row.get(6)?;
     let source_ip = match source.parse() {
@@ -494,6 +531,7 @@ fn call_from_row(row: &Row<'_>, tail: usize) -> rusqlite::Result<Result<CallInfo
         canonical_uri: row.get(5)?,
         source_ip,
         billing_party: row.get(7)?,
+        user_agents: row.get(tail + 3)?,
         sip_method: row.get(8)?,
         gateway: row.get(tail)?,
         carrier: row.get(tail + 1)?,
@@ -569,7 +607,7 @@ fn insert_cdr(conn: &Connection, cdr: &Cdr) -> Result<bool, CdrError> {
         .prepare_cached(&format!(
             "INSERT OR IGNORE INTO cdrs ({CDR_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-              ?19, ?20, ?21)"
+              ?19, ?20, ?21, ?22)"
         ))?
         .execute(params![
             c.call_id,
@@ -593,6 +631,7 @@ fn insert_cdr(conn: &Connection, cdr: &Cdr) -> Result<bool, CdrError> {
             c.gateway,
             c.carrier,
             c.node,
+            c.user_agents,
         ])?;
     Ok(n == 1)
 }
@@ -603,7 +642,8 @@ impl CdrStore for SqliteCdrStore {
         self.conn
             .prepare_cached(&format!(
                 "INSERT OR IGNORE INTO active_calls ({ACTIVE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 200, ?10, ?10, 0, 0, 0, 0, ?11, ?12, ?13)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 200, ?10, ?10, 0, 0, 0, 0, ?11, ?12, ?13, \
+                  ?14)"
             ))?
             .execute(params![
                 call.call_id,
@@ -619,6 +659,7 @@ impl CdrStore for SqliteCdrStore {
                 call.gateway,
                 call.carrier,
                 call.node,
+                call.user_agents,
             ])?;
         Ok(())
     }
@@ -700,8 +741,9 @@ impl CdrStore for SqliteCdrStore {
     fn list(&self, since: Option<SystemTime>, limit: Option<usize>) -> Result<Vec<Cdr>, CdrError> {
         let since = since.map(to_unix).unwrap_or(f64::NEG_INFINITY);
         let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let columns = select_columns(CDR_COLUMNS, self.user_agents_column());
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {CDR_COLUMNS} FROM cdrs WHERE AcctStopTime >= ?1 \
+            "SELECT {columns} FROM cdrs WHERE AcctStopTime >= ?1 \
              ORDER BY AcctStopTime DESC, id DESC LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![since, limit], cdr_from_row)?;
@@ -711,8 +753,9 @@ impl CdrStore for SqliteCdrStore {
     }
 
     fn active(&self) -> Result<Vec<ActiveCall>, CdrError> {
+        let columns = select_columns(ACTIVE_COLUMNS, self.user_agents_column());
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {ACTIVE_COLUMNS} FROM active_calls ORDER BY AcctStartTime"
+            "SELECT {columns} FROM active_calls ORDER BY AcctStartTime"
         ))?;
         let rows = stmt.query_map([], active_from_row)?;
         let active = rows.map(|r| r?).collect::<Result<Vec<_>, _>>()?;
@@ -737,6 +780,7 @@ mod tests {
             to_tag: Some(format!("tt{n}")),
             source_ip: "192.0.2.10".parse().unwrap(),
             billing_party: Some("trusted-peer-a".into()),
+            user_agents: Some("Linphone/5.2 + Asterisk PBX 20".into()),
             canonical_uri: "sip:+4930123456@198.51.100.7:5060".into(),
             sip_method: "INVITE".into(),
             gateway: Some("198.51.100.7".into()),
@@ -834,6 +878,75 @@ mod tests {
             matches!(err, CdrError::NewerSchema { found: 99, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_version_1_database_is_read_as_it_is_and_migrated_on_a_write_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite");
+        let old = answered(1);
+        {
+            // What a version 1 build wrote: its schema and one CDR.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute("INSERT INTO schema_version (version) VALUES (1)", [])
+                .unwrap();
+            let c = &old.call;
+            conn.execute(
+                "INSERT INTO cdrs (AcctSessionId, SipFromTag, SipToTag, SipFromURI, SipToURI, \
+                 CanonicalURI, SourceIP, BillingParty, SipMethod, SipResponseCode, \
+                 AcctStartTime, AcctStopTime, AcctSessionTime, AcctTerminateCause, \
+                 AcctInputOctets, AcctOutputOctets, AcctInputPackets, AcctOutputPackets, \
+                 Gateway, Carrier, NodeName) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+                 ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                params![
+                    c.call_id,
+                    c.from_tag,
+                    c.to_tag,
+                    c.from_uri,
+                    c.to_uri,
+                    c.canonical_uri,
+                    c.source_ip.to_string(),
+                    c.billing_party,
+                    c.sip_method,
+                    old.sip_response_code,
+                    old.start.map(to_unix),
+                    to_unix(old.stop),
+                    old.duration().as_millis() as f64 / 1000.0,
+                    old.cause.to_string(),
+                    sql_count(old.counters.from_caller.bytes),
+                    sql_count(old.counters.from_callee.bytes),
+                    sql_count(old.counters.from_caller.packets),
+                    sql_count(old.counters.from_callee.packets),
+                    c.gateway,
+                    c.carrier,
+                    c.node,
+                ],
+            )
+            .unwrap();
+        }
+        let old = Cdr {
+            call: CallInfo {
+                user_agents: None,
+                ..old.call
+            },
+            ..old
+        };
+        // A report reads it without changing the file.
+        let store = SqliteCdrStore::open_read_only(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.list(None, None).unwrap(), vec![old.clone()]);
+        assert!(store.active().unwrap().is_empty());
+        drop(store);
+        // `sluice run` migrates it; the old CDR stays, the new ones have their user agents.
+        let mut store = SqliteCdrStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        let new = answered(2);
+        assert!(new.call.user_agents.is_some());
+        assert!(store.finish(&new).unwrap());
+        store.begin(&call(3), t(1_717_000_100_000)).unwrap();
+        assert_eq!(store.list(None, None).unwrap(), vec![old, new]);
+        assert_eq!(store.active().unwrap()[0].call, call(3));
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// The CSV columns: the database's.
-pub const CSV_HEADER: [&str; 21] = [
+pub const CSV_HEADER: [&str; 22] = [
     "AcctSessionId",
     "SipFromTag",
     "SipToTag",
@@ -101,6 +101,7 @@ pub const CSV_HEADER: [&str; 21] = [
     "Gateway",
     "Carrier",
     "NodeName",
+    "SipUserAgents",
 ];
 
 /// Writes the CDRs as CSV with a header line. Values are written as they are (quoted where CSV
@@ -132,6 +133,7 @@ pub fn write_csv(cdrs: &[Cdr], out: impl Write) -> anyhow::Result<()> {
             opt(&c.call.gateway),
             opt(&c.call.carrier),
             c.call.node.clone(),
+            opt(&c.call.user_agents),
         ])?;
     }
     w.flush()?;
@@ -446,6 +448,7 @@ mod tests {
                 to_tag: Some("a6c85cf".into()),
                 source_ip: "192.0.2.10".parse().unwrap(),
                 billing_party: Some("Peer, \"A\"".into()),
+                user_agents: Some("baresip/3 + Asterisk 20".into()),
                 canonical_uri: "sip:+4930123456@198.51.100.7".into(),
                 sip_method: "INVITE".into(),
                 gateway: Some("198.51.100.7".into()),
@@ -475,6 +478,7 @@ mod tests {
             call: CallInfo {
                 to_tag: None,
                 billing_party: None,
+                user_agents: None,
                 gateway: None,
                 ..cdr().call
             },
@@ -495,13 +499,14 @@ mod tests {
             "a84b4c76e66710@pc33.example.net,1928301774,a6c85cf,sip:+31208005169@example.net,\
              sip:+4930123456@example.com,sip:+4930123456@198.51.100.7,192.0.2.10,\
              \"Peer, \"\"A\"\"\",INVITE,200,2024-05-01T12:00:00.000Z,2024-05-01T13:02:03.450Z,\
-             3723.450,bye:caller,31992000,31990280,186000,185990,198.51.100.7,,sluice-1"
+             3723.450,bye:caller,31992000,31990280,186000,185990,198.51.100.7,,sluice-1,\
+             baresip/3 + Asterisk 20"
         );
         assert_eq!(
             lines[2],
             "a84b4c76e66710@pc33.example.net,1928301774,,sip:+31208005169@example.net,\
              sip:+4930123456@example.com,sip:+4930123456@198.51.100.7,192.0.2.10,,INVITE,486,,\
-             2024-05-01T13:02:03.450Z,0.000,failed:486,0,0,0,0,,,sluice-1"
+             2024-05-01T13:02:03.450Z,0.000,failed:486,0,0,0,0,,,sluice-1,"
         );
         // And a CSV reader gets the fields back.
         let mut r = csv::Reader::from_reader(text.as_bytes());

@@ -20,7 +20,8 @@
 //! NAS-Identifier (`nas_identifier`, by default the CDRs' node name), NAS-IP-Address or
 //! NAS-IPv6-Address (`nas_ip`, by default the address the request leaves from),
 //! Calling-Station-Id (the From URI), Called-Station-Id (the To URI), User-Name (the billing
-//! party, when known). Stop and Interim-Update add Acct-Session-Time (whole seconds since the
+//! party: `user@domain` of an authenticated caller, a trusted peer's address; none for a
+//! foreign caller). Stop and Interim-Update add Acct-Session-Time (whole seconds since the
 //! answer), Acct-Input-Octets, Acct-Input-Gigawords and Acct-Input-Packets (media received from
 //! the caller, RTP and RTCP, as the CDR's AcctInput* columns), Acct-Output-Octets,
 //! Acct-Output-Gigawords, Acct-Output-Packets (from the callee). Stop adds
@@ -38,7 +39,8 @@
 //! MSP / OpenSER `Sip-*` attributes nor RFC 5090's): Sluice-Termination-Cause (our cause as the
 //! CDR spells it; Stop and Failed), Sluice-Sip-From-Tag, Sluice-Sip-To-Tag, Sluice-Sip-Method,
 //! Sluice-Sip-Response-Code, Sluice-Source-IP, Sluice-Canonical-URI, Sluice-Gateway,
-//! Sluice-Carrier, Sluice-Node, Sluice-Start-Time (answered calls).
+//! Sluice-Carrier, Sluice-Node, Sluice-Sip-User-Agents (`caller + callee`), Sluice-Start-Time
+//! (answered calls).
 //!
 //! # Delivery
 //!

@@ -531,6 +531,19 @@ struct CallRecord {
     callee: String,
     source: SocketAddr,
     answered: Option<SystemTime>,
+    billing_party: Option<String>,
+    caller_agent: Option<String>,
+    callee_agent: Option<String>,
+}
+
+/// `SipUserAgents`: `caller + callee`, `- + callee` when the caller sent none, the caller's alone
+/// when the callee's is unknown (never answered, or no `User-Agent` / `Server`).
+fn user_agents(caller: Option<&str>, callee: Option<&str>) -> Option<String> {
+    match (caller, callee) {
+        (None, None) => None,
+        (Some(a), None) => Some(a.to_owned()),
+        (a, Some(b)) => Some(format!("{} + {b}", a.unwrap_or("-"))),
+    }
 }
 
 /// The proxy as the transports drive it, with the accounting and the media timeouts around it.
@@ -617,7 +630,11 @@ impl Appliance {
             from_tag: bridge.from_tag.clone(),
             to_tag: bridge.to_tag.clone(),
             source_ip: record.source.ip(),
-            billing_party: None,
+            billing_party: record.billing_party.clone(),
+            user_agents: user_agents(
+                record.caller_agent.as_deref(),
+                record.callee_agent.as_deref(),
+            ),
             canonical_uri: record.callee.clone(),
             sip_method: "INVITE".into(),
             gateway: None,
@@ -642,8 +659,11 @@ impl Appliance {
                     caller,
                     callee,
                     source,
+                    billing_party,
+                    user_agent,
+                    ..
                 } => {
-                    tracing::info!(%call_id, %caller, %callee, %source, "call started");
+                    tracing::info!(%call_id, %caller, %callee, %source, ?billing_party, "call started");
                     self.calls.insert(
                         call_id,
                         CallRecord {
@@ -651,15 +671,23 @@ impl Appliance {
                             callee,
                             source,
                             answered: None,
+                            billing_party,
+                            caller_agent: user_agent,
+                            callee_agent: None,
                         },
                     );
                 }
-                ProxyEvent::CallAnswered { call_id } => {
+                ProxyEvent::CallAnswered {
+                    call_id,
+                    user_agent,
+                    ..
+                } => {
                     tracing::info!(%call_id, "call answered");
                     let at = SystemTime::now();
                     let bridge = self.core.relay().call(&call_id).cloned();
                     if let Some(record) = self.calls.get_mut(&call_id) {
                         record.answered = Some(at);
+                        record.callee_agent = user_agent;
                     }
                     if let Some(record) = self.calls.get(&call_id) {
                         let info = self.call_info(&call_id, record, &bridge.unwrap_or_default());
@@ -957,6 +985,17 @@ mod tests {
             t("INVITE sip:[::1]:5060 SIP/2.0\r\n"),
             Some("::1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn user_agents_name_both_sides_in_order() {
+        assert_eq!(user_agents(None, None), None);
+        assert_eq!(user_agents(Some("a/1"), None).as_deref(), Some("a/1"));
+        assert_eq!(
+            user_agents(Some("a/1"), Some("b/2")).as_deref(),
+            Some("a/1 + b/2")
+        );
+        assert_eq!(user_agents(None, Some("b/2")).as_deref(), Some("- + b/2"));
     }
 
     #[test]

@@ -489,6 +489,32 @@ fn register(sim: &mut Sim, user: &str, pw: &str, nat: &str, private: &str) -> St
     sim.one(nat, "SIP/2.0 200")
 }
 
+/// The billing party and User-Agent of each CallStarted.
+fn started(events: &[ProxyEvent]) -> Vec<(Option<String>, Option<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProxyEvent::CallStarted {
+                billing_party,
+                user_agent,
+                ..
+            } => Some((billing_party.clone(), user_agent.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The callee's User-Agent of each CallAnswered.
+fn answered_agents(events: &[ProxyEvent]) -> Vec<Option<String>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProxyEvent::CallAnswered { user_agent, .. } => Some(user_agent.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn ended(events: &[ProxyEvent]) -> Vec<(String, EndCause)> {
     events
         .iter()
@@ -572,6 +598,8 @@ fn basic_call_with_sdp_relay_and_events() {
     assert!(
         matches!(&events[0], ProxyEvent::CallStarted { call_id, callee, .. } if call_id == "call1" && callee == "sip:bob@example.com")
     );
+    // A foreign caller reaching a local user is billed to nobody.
+    assert_eq!(started(&events), vec![(None, None)]);
 
     sim.send(BOB_NAT, &answer(&inv, 100, "Trying", "", "", None));
     assert!(sim.take(CAROL).is_empty(), "100 is not forwarded");
@@ -605,7 +633,7 @@ fn basic_call_with_sdp_relay_and_events() {
     assert!(sim
         .take_events()
         .iter()
-        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id } if call_id == "call1")));
+        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id, .. } if call_id == "call1")));
 
     // ACK end to end along the route set, to bob's NAT address.
     sim.send(
@@ -900,7 +928,7 @@ fn a_200_racing_the_cancel_answers_the_call() {
     let events = sim.take_events();
     assert!(events
         .iter()
-        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id } if call_id == "call26")));
+        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id, .. } if call_id == "call26")));
     assert!(ended(&events).is_empty());
     assert!(sim.core.relay().deleted.is_empty(), "media stays up");
     assert_eq!(sim.core.relay().answers.len(), 1);
@@ -1189,10 +1217,24 @@ fn credentials_for_our_realm_never_reach_the_callee_and_others_do() {
     let retry = with_headers(
         &inv.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
             .replace("branch=z9hG4bK-creds1-1", "branch=z9hG4bK-creds1-2"),
-        &[ours.clone(), theirs.clone(), ours_www.clone()],
+        &[
+            ours.clone(),
+            theirs.clone(),
+            ours_www.clone(),
+            "User-Agent: alicephone/1.0".to_owned(),
+        ],
     );
+    sim.take_events();
     sim.send(ALICE_NAT, &retry);
     let fwd = sim.one(BOB_NAT, "INVITE ");
+    // Billed to the account that authenticated.
+    assert_eq!(
+        started(&sim.take_events()),
+        vec![(
+            Some("alice@example.com".to_owned()),
+            Some("alicephone/1.0".to_owned())
+        )]
+    );
     let credentials_in = |msg: &str| -> Vec<String> {
         let r = req(msg);
         let mut v = hdrs(&r.headers, "Proxy-Authorization");
@@ -1211,9 +1253,14 @@ fn credentials_for_our_realm_never_reach_the_callee_and_others_do() {
             "bt",
             "sip:bob@10.0.0.20:5060",
             Some(&sdp("10.0.0.20")),
-        ),
+        )
+        .replace("Content-Type:", "Server: bobphone/2.0\r\nContent-Type:"),
     );
     let ok = sim.one(ALICE_NAT, "SIP/2.0 200");
+    assert_eq!(
+        answered_agents(&sim.take_events()),
+        vec![Some("bobphone/2.0".to_owned())]
+    );
     // baresip resends its cached credentials on the ACK and the BYE.
     let ack = caller_in_dialog("ACK", &ok, "10.0.0.10:5060", 2, "z9hG4bK-cack", None);
     sim.send(
@@ -1281,6 +1328,11 @@ fn trusted_peer_number_longest_prefix_with_failover_on_503() {
     );
     sim.send(PEER, &inv);
     sim.one(PEER, "SIP/2.0 100");
+    // A trusted peer is billed by its address, whatever caller ID it sends.
+    assert_eq!(
+        started(&sim.take_events()),
+        vec![(Some("203.0.113.5".to_owned()), None)]
+    );
     let first = sim.one(GW_B1, "INVITE sip:12125550100@203.0.113.51:5060 ");
     assert!(
         sim.take(GW_A).is_empty(),

@@ -792,6 +792,14 @@ fn baresip_phones_behind_nats_call_each_other_through_sluice() {
     assert_eq!(cdr.get("AcctSessionId"), call_id);
     assert_eq!(cdr.get("AcctTerminateCause"), "bye:caller", "{:?}", cdr.0);
     assert_eq!(cdr.get("SourceIP"), ALICE.public.to_string(), "{:?}", cdr.0);
+    // Billed to the account that authenticated; both phones named in SipUserAgents.
+    assert_eq!(cdr.get("BillingParty"), ALICE.aor(), "{:?}", cdr.0);
+    assert_eq!(
+        cdr.get("SipUserAgents").matches("baresip").count(),
+        2,
+        "{:?}",
+        cdr.0
+    );
     for (packets, bytes) in [
         ("AcctInputPackets", "AcctInputOctets"),
         ("AcctOutputPackets", "AcctOutputOctets"),

@@ -363,6 +363,9 @@ fn assert_stop_matches_cdr(stop: &Received, cdr: &CdrRow) {
     assert_eq!(stop.get("Calling-Station-Id"), cdr.get("SipFromURI"));
     assert_eq!(stop.get("Called-Station-Id"), cdr.get("SipToURI"));
     assert_eq!(stop.get("Sluice-Source-IP"), cdr.get("SourceIP"));
+    // SIPp calls from a trusted peer, which is billed by its address.
+    assert_eq!(cdr.get("BillingParty"), cdr.get("SourceIP"), "{cdr:?}");
+    assert_eq!(stop.get("User-Name"), cdr.get("BillingParty"), "{stop:?}");
     assert_eq!(stop.count("Sluice-Sip-Response-Code"), 200);
     assert_eq!(stop.get("NAS-Identifier"), NAS_IDENTIFIER);
     assert_eq!(stop.get("NAS-IP-Address"), "127.0.0.1");

@@ -323,6 +323,12 @@ fn a_registered_user_is_reached_through_the_registrar() {
     assert_eq!(cdr.get("AcctTerminateCause"), "bye:caller", "{cdr:?}");
     assert_eq!(cdr.get("SipResponseCode"), "200", "{cdr:?}");
     assert!(!cdr.get("AcctStartTime").is_empty(), "{cdr:?}");
+    // The caller is a trusted peer: billed by its address.
+    assert_eq!(
+        cdr.get("BillingParty"),
+        bed.bed.caller_addr().to_string(),
+        "{cdr:?}"
+    );
     assert_media_both_ways(&cdr);
 }
 

@@ -42,6 +42,7 @@ pub mod vsa {
     pub const CARRIER: u8 = 9;
     pub const NODE: u8 = 10;
     pub const START_TIME: u8 = 11;
+    pub const SIP_USER_AGENTS: u8 = 12;
 }
 
 /// The enterprise number of `dictionary.sluice`: 32473, reserved for documentation (RFC 5612)
@@ -174,7 +175,8 @@ fn split_octets(n: u64) -> (u32, u32) {
 /// Calling-Station-Id (From URI), Called-Station-Id (To URI), User-Name (the billing party, when
 /// known), and the vendor attributes Sluice-Sip-From-Tag, Sluice-Sip-To-Tag, Sluice-Sip-Method,
 /// Sluice-Sip-Response-Code, Sluice-Source-IP, Sluice-Canonical-URI, Sluice-Gateway,
-/// Sluice-Carrier, Sluice-Node (each when known), Sluice-Start-Time (answered calls).
+/// Sluice-Carrier, Sluice-Node, Sluice-Sip-User-Agents (each when known), Sluice-Start-Time
+/// (answered calls).
 /// Stop and Interim-Update add Acct-Session-Time (whole seconds since the answer, rounded
 /// down), Acct-Input-Octets/-Gigawords and Acct-Input-Packets (from the caller),
 /// Acct-Output-Octets/-Gigawords and Acct-Output-Packets (from the callee). Stop adds
@@ -268,6 +270,9 @@ pub fn attributes(
         }
     }
     a.push(vendor(vsa::NODE, Text(call.node.clone())));
+    if let Some(agents) = &call.user_agents {
+        a.push(vendor(vsa::SIP_USER_AGENTS, Text(agents.clone())));
+    }
     if let Some(start) = record.start {
         a.push(vendor(vsa::START_TIME, Date(unix_seconds(start))));
     }
@@ -293,6 +298,7 @@ mod tests {
             to_tag: Some("tt".into()),
             source_ip: "2001:db8::5".parse().unwrap(),
             billing_party: Some("alice@example.com".into()),
+            user_agents: Some("alicephone/1.0 + bobphone/2.0".into()),
             canonical_uri: "sip:+4930123456@198.51.100.7".into(),
             sip_method: "INVITE".into(),
             gateway: Some("198.51.100.7:5060".into()),
@@ -398,6 +404,10 @@ mod tests {
         assert_eq!(
             find_vsa(&a, vsa::START_TIME),
             Some(&Value::Date(1_717_000_000))
+        );
+        assert_eq!(
+            find_vsa(&a, vsa::SIP_USER_AGENTS),
+            Some(&Value::Text("alicephone/1.0 + bobphone/2.0".into()))
         );
     }
 

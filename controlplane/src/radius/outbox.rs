@@ -22,7 +22,7 @@ use super::attributes::{AcctRecord, RecordKind};
 use crate::cdr::{from_unix, CallInfo, DirectionCounters, MediaCounters, TerminationCause};
 
 /// The columns `cdrs`, `active_calls` and the outbox share, copied by the triggers.
-const SHARED_COLUMNS: [&str; 18] = [
+const SHARED_COLUMNS: [&str; 19] = [
     "AcctSessionId",
     "SipFromTag",
     "SipToTag",
@@ -41,6 +41,7 @@ const SHARED_COLUMNS: [&str; 18] = [
     "Gateway",
     "Carrier",
     "NodeName",
+    "SipUserAgents",
 ];
 
 /// The outbox. `seq` is AUTOINCREMENT so that it never goes back, even when the table empties:
@@ -68,8 +69,19 @@ CREATE TABLE IF NOT EXISTS radius_outbox (
     AcctOutputPackets INTEGER NOT NULL,
     Gateway           TEXT,
     Carrier           TEXT,
-    NodeName          TEXT    NOT NULL
+    NodeName          TEXT    NOT NULL,
+    SipUserAgents     TEXT
 );";
+
+/// Whether `table` has `column` (an outbox made before the CDR schema's version 2 has no
+/// `SipUserAgents`).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        params![table, column],
+        |r| r.get(0),
+    )
+}
 
 const TRIGGERS: [&str; 3] = ["radius_start", "radius_interim", "radius_stop"];
 
@@ -167,6 +179,10 @@ impl Outbox {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
         tx.execute_batch(OUTBOX_SCHEMA).map_err(err)?;
+        if !has_column(&tx, "radius_outbox", "SipUserAgents").map_err(err)? {
+            tx.execute_batch("ALTER TABLE radius_outbox ADD COLUMN SipUserAgents TEXT;")
+                .map_err(err)?;
+        }
         drop_triggers(&tx).map_err(err)?;
         tx.execute_batch(&trigger_sql(limit, interim))
             .map_err(err)?;
@@ -301,6 +317,7 @@ fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Result<AcctRecord, (i64, S
             Err(_) => return Ok(Err((seq, format!("SourceIP {source:?}")))),
         },
         billing_party: row.get(c + 7)?,
+        user_agents: row.get(c + 18)?,
         sip_method: row.get(c + 8)?,
         gateway: row.get(c + 15)?,
         carrier: row.get(c + 16)?,
@@ -358,6 +375,7 @@ mod tests {
             to_tag: Some(format!("tt{n}")),
             source_ip: "192.0.2.10".parse().unwrap(),
             billing_party: None,
+            user_agents: Some("baresip v3.10.1 (x86_64/linux) + Asterisk PBX 20".into()),
             canonical_uri: "sip:+4930123456@198.51.100.7:5060".into(),
             sip_method: "INVITE".into(),
             gateway: None,

@@ -400,6 +400,7 @@ fn call(n: u32) -> CallInfo {
         to_tag: Some(format!("tt{n}")),
         source_ip: "192.0.2.10".parse().unwrap(),
         billing_party: None,
+        user_agents: None,
         canonical_uri: "sip:callee@198.51.100.7".into(),
         sip_method: "INVITE".into(),
         gateway: None,

@@ -195,11 +195,20 @@ pub enum ProxyEvent {
         callee: String,
         /// Where the INVITE came from.
         source: SocketAddr,
+        /// Who pays for the call, as a carrier bills it: the authenticated account
+        /// (`user@domain`, the digest username and realm) for a local caller, the trusted
+        /// peer's source address for a trusted peer (its caller ID is its own business), and
+        /// nobody for a foreign caller reaching a local user.
+        billing_party: Option<String>,
+        /// The caller's `User-Agent`.
+        user_agent: Option<String>,
     },
     /// The first 2xx to the initial INVITE was forwarded.
     CallAnswered {
         /// The Call-ID.
         call_id: String,
+        /// The callee's `User-Agent` (else its `Server`) from the 2xx.
+        user_agent: Option<String>,
     },
     /// The call is over (or never got going); its media was deleted.
     CallEnded {
@@ -1064,11 +1073,22 @@ impl<R: MediaRelay> ProxyCore<R> {
                     last_2xx: None,
                 },
             );
+            let billing_party = match caller {
+                Caller::Local(i) => self
+                    .config
+                    .accounts
+                    .get(i)
+                    .map(|a| format!("{}@{}", a.user, a.domain.to_ascii_lowercase())),
+                Caller::Trusted => Some(source.ip().to_string()),
+                Caller::Foreign => None,
+            };
             self.events.push_back(ProxyEvent::CallStarted {
                 call_id: call_id.clone(),
                 caller: from.map(|f| f.uri).unwrap_or_default(),
                 callee: req.uri.clone(),
                 source,
+                billing_party,
+                user_agent: util::value(&req.headers, "User-Agent"),
             });
             Some(call_id)
         } else {
@@ -1768,6 +1788,8 @@ impl<R: MediaRelay> ProxyCore<R> {
         call.record_route = util::values(&resp.headers, "Record-Route");
         self.events.push_back(ProxyEvent::CallAnswered {
             call_id: call_id.to_owned(),
+            user_agent: util::value(&resp.headers, "User-Agent")
+                .or_else(|| util::value(&resp.headers, "Server")),
         });
     }
 
