@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Relay N concurrent G.711 RTP streams and measure loss and latency.
     Streams(StreamsArgs),
+    /// Run the whole suite (each part as a subprocess, bounded) and write the markdown report,
+    /// its plots, the headline figures as JSON and the README's headline block.
+    Report(ReportArgs),
 }
 
 /// Relay implementation under test.
@@ -202,6 +205,50 @@ pub struct StreamsArgs {
     pub rtpengine_bin: std::path::PathBuf,
 }
 
+/// A part of `sluice-bench report`, for `--skip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum SuitePart {
+    /// The stream-count sweeps of the three Sluice backends (in-process rules).
+    Streams,
+    /// The sweep of Sluice (XDP, `sluice relay` over ng) against rtpengine.
+    Rtpengine,
+    /// One-way latency per backend at 2,000 streams, and the no-relay baseline.
+    Latency,
+    /// Calls per second through `sluice run` and through Kamailio with rtpengine (SIPp).
+    Calls,
+    /// REGISTER per second through `sluice run` and through Kamailio (SIPp).
+    Register,
+}
+
+/// Arguments of `sluice-bench report`.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct ReportArgs {
+    /// The markdown report; its plots go to the directory of the same stem beside it
+    /// (`docs/benchmarks/`), its headline figures to `<stem>.json`.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub out: std::path::PathBuf,
+    /// A smoke run of a minute or two: tiny step lists and short durations (figures not
+    /// meaningful).
+    #[arg(long)]
+    pub quick: bool,
+    /// Wall-clock budget of the whole run in minutes; each part is stopped at its share.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub budget_minutes: u64,
+    /// Parts not to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub skip: Vec<SuitePart>,
+    /// The README whose block between `<!-- bench:headline:start -->` and
+    /// `<!-- bench:headline:end -->` is rewritten with the headline figures.
+    #[arg(long, default_value = "README.md")]
+    pub readme: std::path::PathBuf,
+    /// Leave the README alone (the headline lines are still printed).
+    #[arg(long)]
+    pub no_readme: bool,
+    /// Measure nothing: render the report again from the `results.json` of an earlier run.
+    #[arg(long)]
+    pub from_results: Option<std::path::PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +269,9 @@ mod tests {
             "one-arm",
         ])
         .expect("parse");
-        let Command::Streams(a) = cli.command;
+        let Command::Streams(a) = cli.command else {
+            panic!("not streams")
+        };
         assert_eq!(
             a,
             StreamsArgs {
@@ -251,7 +300,9 @@ mod tests {
     fn defaults_and_rejections() {
         let cli =
             Cli::try_parse_from(["sluice-bench", "streams", "--backend", "xdp"]).expect("parse");
-        let Command::Streams(a) = cli.command;
+        let Command::Streams(a) = cli.command else {
+            panic!("not streams")
+        };
         assert_eq!(a.topology, Topology::TwoArm);
         assert!(!a.json);
         assert!(Cli::try_parse_from(["sluice-bench", "streams"]).is_err());
@@ -277,7 +328,9 @@ mod tests {
         ] {
             let cli =
                 Cli::try_parse_from(["sluice-bench", "streams", "--backend", name]).expect("parse");
-            let Command::Streams(a) = cli.command;
+            let Command::Streams(a) = cli.command else {
+                panic!("not streams")
+            };
             assert_eq!(a.backend, backend);
             assert_eq!(backend.as_str(), name);
         }
@@ -305,7 +358,9 @@ mod tests {
             "rtpengine",
         ])
         .expect("parse");
-        let Command::Streams(a) = cli.command;
+        let Command::Streams(a) = cli.command else {
+            panic!("not streams")
+        };
         assert!(a.sweep);
         assert_eq!((a.start, a.max), (20, 40));
         assert_eq!(a.against, Some(Against::Rtpengine));
@@ -319,7 +374,9 @@ mod tests {
             "ng",
         ])
         .expect("parse");
-        let Command::Streams(a) = cli.command;
+        let Command::Streams(a) = cli.command else {
+            panic!("not streams")
+        };
         assert_eq!(a.setup, Setup::Ng);
     }
 

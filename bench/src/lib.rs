@@ -25,6 +25,7 @@ pub mod relay_backend;
 pub mod report;
 pub mod rtp;
 pub mod session;
+pub mod suite;
 pub mod sweep;
 mod sys;
 pub mod threads;

@@ -24,6 +24,7 @@ fn main() -> Result<()> {
         Command::Streams(args) if args.sweep => run_sweep(&args),
         Command::Streams(args) if args.backend == Backend::All => compare(&args),
         Command::Streams(args) => run_streams(&args),
+        Command::Report(args) => sluice_bench::suite::run(&args),
     }
 }
 
