@@ -17,7 +17,11 @@ mod runner;
 mod summary;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use anyhow::{Context, Result};
 
@@ -257,6 +261,16 @@ fn measure(args: &ReportArgs) -> Result<SuiteResults> {
     let program = display_program(&exe);
     let budget = Duration::from_secs(args.budget_minutes * 60);
     let started = Instant::now();
+    // The parts run in process groups of their own, out of reach of the terminal's Ctrl-C: a
+    // first SIGINT or SIGTERM stops the running part (and its relays and namespaces) and the
+    // report, a second one this process at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&interrupted))
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("installing a signal handler")?;
+    }
     let mut results = SuiteResults {
         quick: args.quick,
         machine: machine::describe(exe.parent()),
@@ -303,7 +317,7 @@ fn measure(args: &ReportArgs) -> Result<SuiteResults> {
             timeout_s = timeout.as_secs(),
             "running: {command}"
         );
-        match runner::run_bounded(&exe, &job.args, timeout, &job.label) {
+        match runner::run_bounded(&exe, &job.args, timeout, &job.label, &interrupted) {
             Ok(finished) => {
                 if let Err(e) = finished.json::<serde_json::Value>(timeout) {
                     tracing::warn!(part = job.label, "failed: {e}");
@@ -311,6 +325,9 @@ fn measure(args: &ReportArgs) -> Result<SuiteResults> {
                 store(&mut results, Some(&finished), None)
             }
             Err(e) => store(&mut results, None, Some(format!("could not start: {e}"))),
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            anyhow::bail!("interrupted during {}: no report written", job.label);
         }
     }
     results.load_end = machine::load_average();

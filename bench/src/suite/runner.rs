@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct Finished {
     pub status: Option<ExitStatus>,
     /// It ran past its timeout and was stopped.
     pub timed_out: bool,
+    /// It was stopped because the report was interrupted (SIGINT, SIGTERM).
+    pub interrupted: bool,
     /// The last non-empty line of its stdout.
     pub last_line: Option<String>,
     /// The last lines of its stderr.
@@ -56,6 +59,9 @@ impl Finished {
                 format!("; its last words: {}", last.join(" / "))
             }
         };
+        if self.interrupted {
+            return Err("interrupted".to_owned());
+        }
         if self.timed_out {
             return Err(format!(
                 "stopped after its {} s timeout{}",
@@ -78,12 +84,14 @@ impl Finished {
 }
 
 /// Runs `program args`, forwarding its stderr prefixed with `label`, and stops it (and its
-/// process group) after `timeout`.
+/// process group) after `timeout` or as soon as `stop` is set. Being in a group of its own, the
+/// child does not see the terminal's Ctrl-C: the caller sets `stop` from its signal handler.
 pub fn run_bounded(
     program: &Path,
     args: &[String],
     timeout: Duration,
     label: &str,
+    stop: &AtomicBool,
 ) -> std::io::Result<Finished> {
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -121,9 +129,15 @@ pub fn run_bounded(
     };
 
     let mut timed_out = false;
+    let mut interrupted = false;
     let status = loop {
         match child.try_wait()? {
             Some(status) => break Some(status),
+            None if stop.load(Ordering::Relaxed) => {
+                interrupted = true;
+                tracing::warn!(pid, part = label, "interrupted; stopping its process group");
+                break stop_group(&mut child);
+            }
             None if started.elapsed() >= timeout => {
                 timed_out = true;
                 tracing::warn!(pid, part = label, "timed out; stopping its process group");
@@ -132,7 +146,7 @@ pub fn run_bounded(
             None => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    if timed_out {
+    if timed_out || interrupted {
         delete_namespaces_of(pid);
     }
     let text = out_reader.join().unwrap_or_default();
@@ -146,6 +160,7 @@ pub fn run_bounded(
     Ok(Finished {
         status,
         timed_out,
+        interrupted,
         last_line: last_line(&text).map(str::to_owned),
         stderr_tail,
         elapsed: started.elapsed(),
@@ -247,12 +262,14 @@ mod tests {
     #[test]
     fn runs_bounded_and_reports_failures() {
         let sh = Path::new("/bin/sh");
+        let go = AtomicBool::new(false);
         let args = |s: &str| vec!["-c".to_owned(), s.to_owned()];
         let ok = run_bounded(
             sh,
             &args("echo noise; echo '{\"a\": 1}'"),
             Duration::from_secs(10),
             "t",
+            &go,
         )
         .expect("runs");
         let v: serde_json::Value = ok.json(Duration::from_secs(10)).expect("json");
@@ -263,6 +280,7 @@ mod tests {
             &args("echo \"error: unrecognized subcommand 'calls'\" >&2; exit 2"),
             Duration::from_secs(10),
             "t",
+            &go,
         )
         .expect("runs");
         let e = failed
@@ -271,12 +289,22 @@ mod tests {
         assert!(e.contains("unrecognized subcommand"), "{e}");
 
         let slow =
-            run_bounded(sh, &args("sleep 30"), Duration::from_millis(300), "t").expect("runs");
+            run_bounded(sh, &args("sleep 30"), Duration::from_millis(300), "t", &go).expect("runs");
         assert!(slow.timed_out);
         assert!(slow.elapsed < Duration::from_secs(10));
         let e = slow
             .json::<serde_json::Value>(Duration::from_millis(300))
             .expect_err("timed out");
         assert!(e.contains("timeout"), "{e}");
+
+        let stop = AtomicBool::new(true);
+        let stopped =
+            run_bounded(sh, &args("sleep 30"), Duration::from_secs(30), "t", &stop).expect("runs");
+        assert!(stopped.interrupted && !stopped.timed_out);
+        assert!(stopped.elapsed < Duration::from_secs(10));
+        assert_eq!(
+            stopped.json::<serde_json::Value>(Duration::from_secs(30)),
+            Err("interrupted".to_owned())
+        );
     }
 }
