@@ -775,6 +775,156 @@ fn cancel_relays_the_callees_487() {
     assert_eq!(sim.core.transactions(), 0);
 }
 
+/// The CANCELs sent to `to` (retransmissions, the same bytes, counted once).
+fn cancels_to(sim: &mut Sim, to: &str) -> Vec<String> {
+    let mut cancels: Vec<String> = sim
+        .take(to)
+        .into_iter()
+        .filter(|m| m.starts_with("CANCEL "))
+        .collect();
+    cancels.dedup();
+    cancels
+}
+
+#[test]
+fn timer_c_cancels_a_branch_that_only_rings_and_the_caller_gets_408() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "tc1", Some(&sdp("192.0.2.200")));
+    let ringing = answer(&inv, 180, "Ringing", "bt", "sip:bob@10.0.0.20:5060", None);
+    sim.send(BOB_NAT, &ringing);
+    sim.one(CAROL, "SIP/2.0 180");
+    // A 100 does not restart timer C (§16.7 step 2), so it still fires 180 s after the 180.
+    sim.advance(Duration::from_secs(100));
+    sim.send(BOB_NAT, &answer(&inv, 100, "Trying", "", "", None));
+    sim.advance(Duration::from_secs(79));
+    assert!(
+        cancels_to(&mut sim, BOB_NAT).is_empty(),
+        "not before timer C"
+    );
+    assert!(sim.take(CAROL).is_empty());
+    sim.advance(Duration::from_secs(2));
+    let cancels = cancels_to(&mut sim, BOB_NAT);
+    assert_eq!(cancels.len(), 1, "timer C CANCELs the ringing branch");
+    let c = &cancels[0];
+    assert_eq!(
+        hdr(&req(c).headers, "Via"),
+        hdr(&req(&inv).headers, "Via"),
+        "the CANCEL matches the INVITE's branch"
+    );
+    assert!(
+        sim.take(CAROL).is_empty(),
+        "the context waits for bob's final"
+    );
+    assert!(ended(&sim.take_events()).is_empty());
+
+    // Bob ends the INVITE with 487; carol never cancelled, so she is told 408 (§16.8), with
+    // bob's To tag.
+    sim.send(BOB_NAT, &answer(c, 200, "OK", "bt", "", None));
+    sim.send(
+        BOB_NAT,
+        &answer(&inv, 487, "Request Terminated", "bt", "", None),
+    );
+    sim.one(BOB_NAT, "ACK ");
+    let timeout = one_final(&mut sim, CAROL);
+    assert!(
+        timeout.starts_with("SIP/2.0 408 Request Timeout"),
+        "{timeout}"
+    );
+    assert!(hdr(&resp(&timeout).headers, "To").ends_with(";tag=bt"));
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("tc1".to_owned(), EndCause::Failed(408))]
+    );
+    assert_eq!(sim.core.relay().deleted, vec!["tc1".to_owned()]);
+    sim.send(CAROL, &carol_ack_for("tc1", &timeout));
+    sim.advance(Duration::from_secs(70));
+    assert!(sim.wire.is_empty(), "{:?}", sim.wire);
+    assert_eq!(sim.core.transactions(), 0);
+    assert_eq!(sim.core.poll_timeout(), None, "no timer C left armed");
+}
+
+#[test]
+fn timer_c_on_a_branch_that_never_answers_its_cancel_gives_408_after_64_t1() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "tc2", None);
+    sim.send(
+        BOB_NAT,
+        &answer(
+            &inv,
+            183,
+            "Session Progress",
+            "bt",
+            "sip:bob@10.0.0.20:5060",
+            None,
+        ),
+    );
+    sim.one(CAROL, "SIP/2.0 183");
+    sim.advance(Duration::from_secs(181));
+    assert_eq!(cancels_to(&mut sim, BOB_NAT).len(), 1);
+    // Bob stays silent: 64·T1 after the CANCEL the branch is given up, and the context, with
+    // no final at all, answers 408 itself (§16.7 step 6).
+    sim.advance(Duration::from_secs(33));
+    let timeout = one_final(&mut sim, CAROL);
+    assert!(timeout.starts_with("SIP/2.0 408"), "{timeout}");
+    assert_eq!(
+        ended(&sim.take_events()),
+        vec![("tc2".to_owned(), EndCause::Failed(408))]
+    );
+}
+
+#[test]
+fn a_provisional_every_minute_keeps_the_branch_past_timer_c() {
+    let mut sim = Sim::new();
+    let inv = carol_calls_bob(&mut sim, "tc3", Some(&sdp("192.0.2.200")));
+    let ringing = answer(&inv, 180, "Ringing", "bt", "sip:bob@10.0.0.20:5060", None);
+    for _ in 0..5 {
+        sim.send(BOB_NAT, &ringing);
+        sim.one(CAROL, "SIP/2.0 180");
+        sim.advance(Duration::from_secs(60));
+        assert!(cancels_to(&mut sim, BOB_NAT).is_empty());
+    }
+    // Five minutes on, bob answers and the call goes up.
+    sim.send(
+        BOB_NAT,
+        &answer(
+            &inv,
+            200,
+            "OK",
+            "bt",
+            "sip:bob@10.0.0.20:5060",
+            Some(&sdp("10.0.0.20")),
+        ),
+    );
+    sim.one(CAROL, "SIP/2.0 200");
+    assert!(sim
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, ProxyEvent::CallAnswered { call_id, .. } if call_id == "tc3")));
+    sim.advance(Duration::from_secs(400));
+    assert!(
+        cancels_to(&mut sim, BOB_NAT).is_empty(),
+        "none after the answer"
+    );
+    assert_eq!(sim.core.active_calls(), 1);
+}
+
+#[test]
+fn timer_c_is_configurable() {
+    let mut config = config();
+    config.timer_c = Duration::from_secs(240);
+    let mut sim = Sim::new();
+    sim.core = ProxyCore::new(config, FakeRelay::default(), b"0123456789abcdef-test-seed").unwrap();
+    let inv = carol_calls_bob(&mut sim, "tc4", None);
+    sim.send(
+        BOB_NAT,
+        &answer(&inv, 180, "Ringing", "bt", "sip:bob@10.0.0.20:5060", None),
+    );
+    sim.advance(Duration::from_secs(239));
+    assert!(cancels_to(&mut sim, BOB_NAT).is_empty());
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(cancels_to(&mut sim, BOB_NAT).len(), 1);
+}
+
 #[test]
 fn cancel_before_any_provisional_waits_for_one() {
     let mut sim = Sim::new();

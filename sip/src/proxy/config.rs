@@ -163,7 +163,16 @@ pub struct ProxyConfig {
     /// authenticator's default (SHA-256, then MD5). Many phones (and SIPp) read only the first
     /// challenge and know only MD5, so a carrier may need `[MD5]`.
     pub digest_algorithms: Vec<crate::auth::Algorithm>,
+    /// Timer C (RFC 3261 §16.6 step 11): how long an INVITE branch may go without a final
+    /// response, restarted by each provisional but 100 (§16.7 step 2). When it fires, a branch
+    /// that has had a provisional is CANCELled and the caller gets a 408 (§16.8). The RFC asks
+    /// for more than 3 minutes; [`DEFAULT_TIMER_C`] by default.
+    pub timer_c: std::time::Duration,
 }
+
+/// The default timer C: 3 minutes, the least RFC 3261 §16.6 allows (what Kamailio and
+/// OpenSIPS use by default too).
+pub const DEFAULT_TIMER_C: std::time::Duration = std::time::Duration::from_secs(180);
 
 impl ProxyConfig {
     /// A configuration with one interface and defaults elsewhere.
@@ -177,6 +186,7 @@ impl ProxyConfig {
             registrar: RegistrarConfig::default(),
             transactions: crate::transaction::Config::default(),
             digest_algorithms: Vec::new(),
+            timer_c: DEFAULT_TIMER_C,
         }
     }
 

@@ -70,10 +70,23 @@
 //! with no final 64·T1 after our CANCEL is given up (§9.1), and when no branch left a final
 //! the caller gets our own 487. A 2xx crossing the CANCEL is forwarded and answers the call.
 //!
+//! # Timer C
+//!
+//! Every forwarded INVITE branch runs timer C ([`ProxyConfig::timer_c`], 3 minutes by default;
+//! §16.6 step 11), restarted by each provisional but 100 (§16.7 step 2). When it fires on a
+//! branch that has had a provisional, the branch is CANCELled (§16.8) and, as after any CANCEL
+//! of ours, given 64·T1 for its final. The caller did not cancel, so the branch's 487 is taken
+//! for a 408 Request Timeout (with the callee's To tag): a 487 would tell the caller its own
+//! request was withdrawn, and a CDR `failed:487` would look like a cancelled call. A 408 is what
+//! §16.8 prescribes for a branch without a provisional and §16.7 step 6 for a context left
+//! without any final, so the caller gets the same answer whether the callee answers our CANCEL
+//! or not (CDR cause `failed:408`). Such a branch does not fail over to the next gateway: the
+//! callee was reached and did not answer. A 2xx crossing our CANCEL still answers the call.
+//!
 //! # Left out
 //!
-//! DNS (targets must be IP addresses), timer C, strict-routing next hops, reliable provisionals
-//! (PRACK offers) and RFC 2543 peers.
+//! DNS (targets must be IP addresses), strict-routing next hops, reliable provisionals (PRACK
+//! offers) and RFC 2543 peers.
 
 pub mod config;
 pub mod media;
@@ -88,7 +101,9 @@ use std::time::Duration;
 use rsip::Transport;
 use thiserror::Error;
 
-pub use config::{Account, Cidr, CidrError, Gateway, Interface, ProxyConfig, PstnRoute};
+pub use config::{
+    Account, Cidr, CidrError, Gateway, Interface, ProxyConfig, PstnRoute, DEFAULT_TIMER_C,
+};
 pub use media::{CallRef, Leg, MediaError, MediaRelay};
 
 use crate::auth::{
@@ -336,6 +351,11 @@ struct ClientCtx {
     cancel_pending: bool,
     /// Our CANCEL was sent (never twice).
     cancelled: bool,
+    /// The entry of this INVITE branch in [`ProxyCore::timer_c`], while it runs.
+    timer_c: Option<(Duration, u64)>,
+    /// Timer C fired after a provisional and we CANCELled: the branch's 487 is our doing, and
+    /// the caller is told 408 instead (§16.8).
+    timed_out: bool,
     failover: Vec<Gateway>,
     offer_in_request: bool,
     sender: Leg,
@@ -377,6 +397,9 @@ pub struct ProxyCore<R: MediaRelay> {
     /// Branches we sent a CANCEL on, by the time they must have a final (64·T1 after the
     /// CANCEL, §9.1); the sequence number keeps equal deadlines apart.
     cancel_guards: BTreeMap<(Duration, u64), TransactionKey>,
+    /// INVITE branches by the time their timer C fires (§16.6 step 11); entries share
+    /// `next_guard`.
+    timer_c: BTreeMap<(Duration, u64), TransactionKey>,
     next_guard: u64,
     incoming_source: Option<SocketAddr>,
     out: std::collections::VecDeque<Transmit>,
@@ -442,6 +465,7 @@ impl<R: MediaRelay> ProxyCore<R> {
             clients: HashMap::new(),
             calls: HashMap::new(),
             cancel_guards: BTreeMap::new(),
+            timer_c: BTreeMap::new(),
             next_guard: 0,
             incoming_source: None,
             out: Default::default(),
@@ -528,6 +552,7 @@ impl<R: MediaRelay> ProxyCore<R> {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.txs.handle_timeout(now);
         self.pump(now, None);
+        self.fire_timer_c(now);
         self.expire_cancelled_branches(now);
         self.flush();
     }
@@ -623,11 +648,14 @@ impl<R: MediaRelay> ProxyCore<R> {
 
     /// When to call [`Self::handle_timeout`] next; `None` when nothing is armed.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let guard = self.cancel_guards.keys().next().map(|&(at, _)| at);
-        match (self.txs.poll_timeout(), guard) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.txs.poll_timeout(),
+            self.cancel_guards.keys().next().map(|&(at, _)| at),
+            self.timer_c.keys().next().map(|&(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // -----------------------------------------------------------------------------------------
@@ -724,7 +752,9 @@ impl<R: MediaRelay> ProxyCore<R> {
             }
             TxEvent::Terminated { key } => {
                 self.servers.remove(&key);
-                self.clients.remove(&key);
+                if let Some(at) = self.clients.remove(&key).and_then(|c| c.timer_c) {
+                    self.timer_c.remove(&at);
+                }
             }
         }
     }
@@ -805,6 +835,8 @@ impl<R: MediaRelay> ProxyCore<R> {
                 done: false,
                 cancel_pending: false,
                 cancelled: false,
+                timer_c: None,
+                timed_out: false,
                 failover: Vec::new(),
                 offer_in_request: false,
                 sender: Leg::Caller,
@@ -1489,8 +1521,9 @@ impl<R: MediaRelay> ProxyCore<R> {
             Ok(key) => {
                 self.stats.forwarded_requests += 1;
                 ctx.branches.push(key.clone());
+                let is_invite = req.method.is(rsip::Method::Invite);
                 self.clients.insert(
-                    key,
+                    key.clone(),
                     ClientCtx {
                         server: Some(server.clone()),
                         request: req,
@@ -1500,11 +1533,16 @@ impl<R: MediaRelay> ProxyCore<R> {
                         done: false,
                         cancel_pending: false,
                         cancelled: false,
+                        timer_c: None,
+                        timed_out: false,
                         failover,
                         offer_in_request: offer,
                         sender,
                     },
                 );
+                if is_invite {
+                    self.start_timer_c(now, &key);
+                }
             }
             Err(e) => {
                 ctx.finals.push(build_response(
@@ -1578,6 +1616,55 @@ impl<R: MediaRelay> ProxyCore<R> {
                 call_id: None,
                 error: e.to_string(),
             });
+        }
+    }
+
+    /// (Re)starts timer C of an INVITE branch: when it is forwarded (§16.6 step 11) and on each
+    /// provisional but 100 (§16.7 step 2).
+    fn start_timer_c(&mut self, now: Duration, key: &TransactionKey) {
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        if let Some(old) = c.timer_c.take() {
+            self.timer_c.remove(&old);
+        }
+        let at = (now + self.config.timer_c, self.next_guard);
+        self.next_guard += 1;
+        c.timer_c = Some(at);
+        self.timer_c.insert(at, key.clone());
+    }
+
+    /// §16.8: timer C fired on a branch with no final. With a provisional, the branch is
+    /// CANCELled (and given 64·T1 for its final, as any CANCEL); its 487 is then taken for a
+    /// 408 and it fails over nowhere: the callee was reached and did not answer in time, which
+    /// another gateway would not change. Without one, it is as if it had answered 408.
+    fn fire_timer_c(&mut self, now: Duration) {
+        while let Some(entry) = self.timer_c.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (at, key) = entry.remove_entry();
+            let Some(c) = self.clients.get_mut(&key) else {
+                continue;
+            };
+            if c.timer_c != Some(at) {
+                continue;
+            }
+            c.timer_c = None;
+            if c.done {
+                continue;
+            }
+            if c.provisional {
+                c.timed_out = true;
+                c.failover.clear();
+                self.cancel_branch(now, &key);
+            } else {
+                // Only with timers set far apart: timer B (64·T1) ends a branch that never
+                // answered long before timer C.
+                let _ = self.txs.terminate(&key);
+                self.on_client_timeout(now, key);
+            }
+            self.pump(now, None);
         }
     }
 
@@ -1665,7 +1752,12 @@ impl<R: MediaRelay> ProxyCore<R> {
         let Some(server) = client.server.clone() else {
             return;
         };
-        if client.cancel_pending && status < 200 {
+        let restart_timer_c = status > 100 && status < 200 && client.timer_c.is_some();
+        let cancel_now = client.cancel_pending && status < 200;
+        if restart_timer_c {
+            self.start_timer_c(now, &key);
+        }
+        if cancel_now {
             self.cancel_branch(now, &key);
         }
         match pop_own_via(&mut resp.headers, &self.ours) {
@@ -1695,6 +1787,12 @@ impl<R: MediaRelay> ProxyCore<R> {
                 .servers
                 .get(&server)
                 .map_or((true, true), |s| (s.final_sent || s.answered, s.cancelled));
+            if status == 487 && !cancelled && client.timed_out {
+                // The 487 answers our own CANCEL of timer C; the caller asked nothing of the
+                // kind, and is told what happened: no final in time (§16.8).
+                resp.status = 408;
+                resp.reason = "Request Timeout".to_owned();
+            }
             if let Some(c) = self.clients.get_mut(&key) {
                 c.done = true;
             }
