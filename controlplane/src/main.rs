@@ -11,6 +11,7 @@ mod cli_calls;
 mod cli_cdrs;
 mod demo;
 mod hw;
+mod location_db;
 mod media_bridge;
 #[allow(dead_code)] // parts of the protocol not every command uses yet
 mod ng;

@@ -31,7 +31,7 @@
 //! gateways = ["203.0.113.10:5060", "tcp:203.0.113.11:5060"]
 //!
 //! [cdr]
-//! db = "/var/lib/sluice/cdr.sqlite"
+//! db = "/var/lib/sluice/cdr.sqlite"  # also holds the registrations (crate::location_db)
 //! node = "sbc-1"                     # NodeName in the CDRs; the host name by default
 //!
 //! [radius]                           # RADIUS accounting of every call: see crate::radius
@@ -85,6 +85,7 @@ use crate::cdr::{
     CallInfo, Cdr, CdrStore, DirectionCounters, MediaCounters, Party, SqliteCdrStore,
     TerminationCause as CdrCause, DEFAULT_CDR_DB,
 };
+use crate::location_db::SqliteLocationStore;
 use crate::media_bridge::{BridgeCall, BridgeInterface, MediaBridge};
 use crate::radius::{self, Radius, RadiusArgs, RadiusSection, RadiusSettings};
 use crate::relay::{self, RelayArgs, RelayFile, RelaySection, RelaySettings, TimeoutSection};
@@ -487,7 +488,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
         })
         .collect();
     let bridge = MediaBridge::new(media.manager.clone(), monotonic_now, bridge_interfaces);
-    let core = ProxyCore::new(proxy, bridge, &seed()?).context("starting the SIP proxy")?;
+    // Registrations live next to the CDRs, so that a restart keeps them.
+    let locations = SqliteLocationStore::open(&cdr_path, monotonic_now(), SystemTime::now())
+        .with_context(|| format!("opening the registrations in {}", cdr_path.display()))?;
+    tracing::info!(
+        bindings = locations.count().unwrap_or(0),
+        "registrations restored"
+    );
+    let core = ProxyCore::with_store(proxy, bridge, locations, &seed()?)
+        .context("starting the SIP proxy")?;
     let mut appliance = Appliance::new(core, media.manager.clone(), cdrs, settings.node.clone());
     if let Some(radius) = &radius {
         radius.kick();
@@ -548,7 +557,7 @@ fn user_agents(caller: Option<&str>, callee: Option<&str>) -> Option<String> {
 
 /// The proxy as the transports drive it, with the accounting and the media timeouts around it.
 struct Appliance {
-    core: ProxyCore<MediaBridge>,
+    core: ProxyCore<MediaBridge, SqliteLocationStore>,
     manager: Arc<Mutex<SessionManager>>,
     cdrs: SqliteCdrStore,
     node: String,
@@ -604,7 +613,7 @@ fn cdr_cause(cause: EndCause) -> CdrCause {
 
 impl Appliance {
     fn new(
-        core: ProxyCore<MediaBridge>,
+        core: ProxyCore<MediaBridge, SqliteLocationStore>,
         manager: Arc<Mutex<SessionManager>>,
         cdrs: SqliteCdrStore,
         node: String,
@@ -791,6 +800,9 @@ impl Appliance {
         if now >= self.next_update {
             self.next_update = now + COUNTER_INTERVAL;
             self.store_counters(now);
+            if let Err(e) = self.core.registrar_mut().purge_expired(now) {
+                tracing::warn!(error = %e, "purging expired registrations");
+            }
         }
     }
 

@@ -18,7 +18,9 @@
 //!   configuration offers MD5 only (`digest_algorithms`): SIPp 3.6 answers only the first
 //!   challenge and only knows MD5. The caller then calls `sip:alice@sluice.test` through the proxy, the call reaches the
 //!   registered contact (`uas.xml`, echoing the caller's recording) and gets a `bye:caller`
-//!   CDR with media both ways.
+//!   CDR with media both ways, billed to the trusted caller's address.
+//! - Restart: alice registers, `sluice run` is stopped and started again on the same database,
+//!   and the call reaches her without a new REGISTER (the bindings are in the database).
 //! - Hold (`uac_hold.xml`, `uas_hold.xml`): once the call is up, the caller sends a re-INVITE
 //!   with `a=sendonly`; the callee sees it with the relay's address toward it and `a=sendonly`,
 //!   the caller gets the 200 with the relay's address toward it and `a=recvonly`, ACKs, then
@@ -30,7 +32,7 @@
 //!   than 0.1 % fail. Both SIPp instances share the machine with `sluice run`: on a small host
 //!   SIPp's own CPU is part of the limit.
 //!
-//! Run time: about 21 s for the four (they run in parallel, each in its own namespaces; the
+//! Run time: about 21 s for the five (they run in parallel, each in its own namespaces; the
 //! registered call plays the 7 s recording). `SLUICE_KEEP_LOGS=1` keeps the logs, SIPp's
 //! traces and the CDR database in `$TMPDIR/sluice-sip_proxy_more_<test>-<pid>/` (kept anyway
 //! on failure).
@@ -48,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use harness::{sipp_stat, sipp_stat_text, wait_for_udp_listener, Proc};
 use sip_bed::{
-    assert_media_both_ways, fixtures, s, Bed, Setup, CALLEE_MEDIA_PORT, CALLER_MEDIA_PORT,
+    assert_media_both_ways, fixtures, s, Bed, CdrRow, Setup, CALLEE_MEDIA_PORT, CALLER_MEDIA_PORT,
     DEADLINE, SIPP_TIMEOUT_S, SIP_PORT,
 };
 use sluice_dataplane::netns::NetNs;
@@ -244,27 +246,22 @@ fn a_cancelled_call_gets_a_cancel_cdr() {
     assert_eq!(cdr.get("SourceIP"), bed.bed.caller_addr().to_string());
 }
 
-#[test]
-fn a_registered_user_is_reached_through_the_registrar() {
-    let config = format!(
+/// `sluice run`'s configuration for the REGISTER tests: the domain and its account.
+fn registrar_config() -> String {
+    format!(
         "[sip]\ndomains = [\"{DOMAIN}\"]\n# SIPp 3.6 answers only the first challenge, and only MD5\ndigest_algorithms = [\"MD5\"]\n\n[[account]]\nuser = \"{USER}\"\ndomain = \"{DOMAIN}\"\npassword = \"{PASSWORD}\"\n"
-    );
-    let Some(mut bed) = Bed::start(
-        "a_registered_user_is_reached_through_the_registrar",
-        "smr",
-        // Only the caller: the callee's side must authenticate.
-        setup("10.77.1.0/24", Some(config), true),
-    ) else {
-        return;
-    };
-    let callee = bed.bed.callee_addr().to_string();
-    // SIPp registers from the callee's SIP address and port, where the UAS will answer: the
-    // registrar binds the contact to the REGISTER's source.
-    let registrar: SocketAddr = format!("{}:{SIP_PORT}", bed.bed.relay_callee_addr())
-        .parse()
-        .expect("address");
-    let register = |role: &str, scenario: &str, password: &str| {
-        bed.sipp(
+    )
+}
+
+impl Bed {
+    /// SIPp REGISTERs `USER` with `password` from the callee's SIP address and port, where the
+    /// UAS will answer: the registrar binds the contact to the REGISTER's source.
+    fn register(&self, role: &str, scenario: &str, password: &str) -> Proc {
+        let callee = self.bed.callee_addr().to_string();
+        let registrar: SocketAddr = format!("{}:{SIP_PORT}", self.bed.relay_callee_addr())
+            .parse()
+            .expect("address");
+        self.sipp(
             Side::Callee,
             role,
             scenario,
@@ -286,23 +283,56 @@ fn a_registered_user_is_reached_through_the_registrar() {
                 s("-auth_uri"),
                 s(DOMAIN),
                 s("-i"),
-                callee.clone(),
+                callee,
                 s("-p"),
                 SIP_PORT.to_string(),
                 s("-m"),
                 s("1"),
             ],
         )
+    }
+
+    /// A call from the caller to `USER@DOMAIN` reaches the registered contact (the UAS at the
+    /// callee's address) and ends with a `bye:caller` CDR, its media both ways.
+    fn call_the_registered_user(&mut self) -> CdrRow {
+        let callee = self.bed.callee_addr().to_string();
+        let mut uas = self.uas("uas", "uas.xml", Some(1));
+        let mut uac = self.uac("uac", "uac.xml", &format!("{USER}@{DOMAIN}"), 1, 1, &[]);
+        self.finish(&mut uac, &mut uas, 1);
+        let messages =
+            std::fs::read_to_string(self.trace("uas", "messages.log")).unwrap_or_default();
+        assert!(
+            messages.contains(&format!("INVITE sip:{USER}@{callee}:{SIP_PORT}")),
+            "the INVITE did not go to the registered contact:\n{messages}"
+        );
+        let cdr = self.only_cdr();
+        assert_eq!(cdr.get("AcctTerminateCause"), "bye:caller", "{cdr:?}");
+        assert_eq!(cdr.get("SipResponseCode"), "200", "{cdr:?}");
+        assert!(!cdr.get("AcctStartTime").is_empty(), "{cdr:?}");
+        assert_media_both_ways(&cdr);
+        cdr
+    }
+}
+
+#[test]
+fn a_registered_user_is_reached_through_the_registrar() {
+    let Some(mut bed) = Bed::start(
+        "a_registered_user_is_reached_through_the_registrar",
+        "smr",
+        // Only the caller: the callee's side must authenticate.
+        setup("10.77.1.0/24", Some(registrar_config()), true),
+    ) else {
+        return;
     };
     // A wrong password: challenged, then challenged again.
-    let mut wrong = register(
+    let mut wrong = bed.register(
         "register-wrong",
         "register_wrong_password.xml",
         "not-secret",
     );
     bed.expect_success(&mut wrong, "register-wrong", 1, Duration::from_secs(20));
     // The right one: challenged, then 200.
-    let mut reg = register("register", "register.xml", PASSWORD);
+    let mut reg = bed.register("register", "register.xml", PASSWORD);
     bed.expect_success(&mut reg, "register", 1, Duration::from_secs(20));
     let log = bed.sluice.log();
     assert!(
@@ -311,25 +341,48 @@ fn a_registered_user_is_reached_through_the_registrar() {
     );
 
     // The registered contact answers: sip:alice@sluice.test reaches 10.77.2.2:5060.
-    let mut uas = bed.uas("uas", "uas.xml", Some(1));
-    let mut uac = bed.uac("uac", "uac.xml", &format!("{USER}@{DOMAIN}"), 1, 1, &[]);
-    bed.finish(&mut uac, &mut uas, 1);
-    let messages = std::fs::read_to_string(bed.trace("uas", "messages.log")).unwrap_or_default();
-    assert!(
-        messages.contains(&format!("INVITE sip:{USER}@{callee}:{SIP_PORT}")),
-        "the INVITE did not go to the registered contact:\n{messages}"
-    );
-    let cdr = bed.only_cdr();
-    assert_eq!(cdr.get("AcctTerminateCause"), "bye:caller", "{cdr:?}");
-    assert_eq!(cdr.get("SipResponseCode"), "200", "{cdr:?}");
-    assert!(!cdr.get("AcctStartTime").is_empty(), "{cdr:?}");
+    let cdr = bed.call_the_registered_user();
     // The caller is a trusted peer: billed by its address.
     assert_eq!(
         cdr.get("BillingParty"),
         bed.bed.caller_addr().to_string(),
         "{cdr:?}"
     );
-    assert_media_both_ways(&cdr);
+}
+
+/// `text` without the ANSI colour sequences (`ESC [ ... m`) of tracing's output.
+fn without_ansi_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_registration_survives_a_restart() {
+    let Some(mut bed) = Bed::start(
+        "a_registration_survives_a_restart",
+        "sms",
+        setup("10.77.1.0/24", Some(registrar_config()), true),
+    ) else {
+        return;
+    };
+    let mut reg = bed.register("register", "register.xml", PASSWORD);
+    bed.expect_success(&mut reg, "register", 1, Duration::from_secs(20));
+    // Stopped and started again on the same database, without a new REGISTER.
+    bed.restart_sluice();
+    let log = without_ansi_colours(&bed.sluice.log());
+    assert!(
+        log.contains("registrations restored") && log.contains("bindings=1"),
+        "the binding was not restored:\n{log}"
+    );
+    bed.call_the_registered_user();
 }
 
 #[test]

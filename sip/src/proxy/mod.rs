@@ -119,7 +119,8 @@ use crate::message::{
     self, make_header, Limits, Method, NameAddr, ParseError, Request, Response, SipMessage, SipUri,
 };
 use crate::registrar::{
-    ContactSpec, Contacts, RegisterRequest, Registrar, RegistrarConfigError, Source,
+    ContactSpec, Contacts, LocationStore, MemoryStore, RegisterRequest, Registrar,
+    RegistrarConfigError, Source,
 };
 use crate::transaction::{self, Event as TxEvent, TransactionKey, Transactions, TryingPolicy};
 use util::Drbg;
@@ -382,14 +383,14 @@ struct Call {
 
 /// The stateful proxy. See the [module documentation](self) for the driving loop.
 #[derive(Debug)]
-pub struct ProxyCore<R: MediaRelay> {
+pub struct ProxyCore<R: MediaRelay, S: LocationStore = MemoryStore> {
     config: ProxyConfig,
     ours: Vec<LocalAddr>,
     secret: Vec<u8>,
     rng: Drbg,
     relay: R,
     txs: Transactions,
-    registrar: Registrar,
+    registrar: Registrar<S>,
     auths: HashMap<String, Authenticator>,
     servers: HashMap<TransactionKey, ServerCtx>,
     clients: HashMap<TransactionKey, ClientCtx>,
@@ -425,14 +426,33 @@ fn indexed_branch(base: &str, index: usize) -> String {
 }
 
 impl<R: MediaRelay> ProxyCore<R> {
-    /// A proxy over `relay`. `seed` (at least 16 bytes, from a CSPRNG, the same on every node of
-    /// a cluster so they accept each other's nonces) keys branches, nonces and tags.
+    /// A proxy over `relay` whose registrations live in memory. `seed` (at least 16 bytes, from
+    /// a CSPRNG, the same on every node of a cluster so they accept each other's nonces) keys
+    /// branches, nonces and tags.
     ///
     /// # Errors
     ///
     /// No interface, a domain that cannot be a realm, a seed shorter than 16 bytes, or bad
     /// registrar limits.
     pub fn new(config: ProxyConfig, relay: R, seed: &[u8]) -> Result<Self, ProxyError> {
+        Self::with_store(config, relay, MemoryStore::new(), seed)
+    }
+}
+
+impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
+    /// A proxy over `relay` whose registrations live in `store` (a database, to keep them
+    /// across restarts). The store's times are the `now` of this core: see the
+    /// [module documentation](self).
+    ///
+    /// # Errors
+    ///
+    /// As [`ProxyCore::new`].
+    pub fn with_store(
+        config: ProxyConfig,
+        relay: R,
+        store: S,
+        seed: &[u8],
+    ) -> Result<Self, ProxyError> {
         if config.interfaces.is_empty() {
             return Err(ProxyError::NoInterface);
         }
@@ -445,7 +465,7 @@ impl<R: MediaRelay> ProxyCore<R> {
             let auth = Authenticator::new(auth_config)?;
             auths.insert(d.to_ascii_lowercase(), auth);
         }
-        let registrar = Registrar::in_memory(config.registrar)?;
+        let registrar = Registrar::new(config.registrar, store)?;
         let mut tx_config = config.transactions.clone();
         tx_config.trying = TryingPolicy::Immediate;
         let ours = config
@@ -491,7 +511,7 @@ impl<R: MediaRelay> ProxyCore<R> {
     }
 
     /// The registrar (its bindings).
-    pub fn registrar_mut(&mut self) -> &mut Registrar {
+    pub fn registrar_mut(&mut self) -> &mut Registrar<S> {
         &mut self.registrar
     }
 

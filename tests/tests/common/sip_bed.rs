@@ -100,6 +100,29 @@ pub struct Bed {
     pub work: WorkDir,
     /// `Setup::poll`, for the SIPp processes.
     pub poll: Duration,
+    /// `sluice run`'s arguments, for [`Bed::restart_sluice`].
+    pub sluice_args: Vec<String>,
+}
+
+/// Starts `sluice run` with `args` in the relay namespace and waits until it serves.
+fn spawn_sluice(
+    bed: &Testbed,
+    what: &str,
+    sluice_bin: &Path,
+    args: &[String],
+    dir: &Path,
+    poll: Duration,
+) -> Proc {
+    let mut sluice = Proc::spawn(bed.relay(), what, sluice_bin, args, dir).polling(poll);
+    wait_for_healthz(
+        bed.relay(),
+        API,
+        API_READ_TIMEOUT,
+        &mut sluice,
+        "sluice run",
+    );
+    wait_for_udp_listener(bed.relay(), SIP_PORT, &mut sluice);
+    sluice
 }
 
 impl Bed {
@@ -154,16 +177,7 @@ impl Bed {
             args.push(s("--config"));
             args.push(path.display().to_string());
         }
-        let mut sluice =
-            Proc::spawn(bed.relay(), "sluice", &sluice_bin, &args, &dir).polling(setup.poll);
-        wait_for_healthz(
-            bed.relay(),
-            API,
-            API_READ_TIMEOUT,
-            &mut sluice,
-            "sluice run",
-        );
-        wait_for_udp_listener(bed.relay(), SIP_PORT, &mut sluice);
+        let sluice = spawn_sluice(&bed, "sluice", &sluice_bin, &args, &dir, setup.poll);
         Some(Bed {
             sluice,
             bed,
@@ -171,7 +185,22 @@ impl Bed {
             sluice_bin,
             work,
             poll: setup.poll,
+            sluice_args: args,
         })
+    }
+
+    /// Stops `sluice run` and starts it again with the same arguments and database (its log:
+    /// `sluice-restarted`).
+    pub fn restart_sluice(&mut self) {
+        self.sluice.stop();
+        self.sluice = spawn_sluice(
+            &self.bed,
+            "sluice-restarted",
+            &self.sluice_bin,
+            &self.sluice_args,
+            self.dir(),
+            self.poll,
+        );
     }
 
     pub fn dir(&self) -> &Path {
