@@ -463,6 +463,39 @@ mod tests {
     }
 
     #[test]
+    fn an_outbox_from_before_the_user_agents_gets_the_column_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.sqlite");
+        let mut store = SqliteCdrStore::open(&path).unwrap();
+        {
+            // The outbox as the first RADIUS build made it, with one record waiting.
+            let old_schema = OUTBOX_SCHEMA.replace(",\n    SipUserAgents     TEXT\n", "\n");
+            assert!(!old_schema.contains("SipUserAgents"));
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&old_schema).unwrap();
+            conn.execute(
+                "INSERT INTO radius_outbox (Kind, EventTime, AcctSessionId, SipFromTag, \
+                 SipFromURI, SipToURI, CanonicalURI, SourceIP, SipMethod, SipResponseCode, \
+                 AcctInputOctets, AcctOutputOctets, AcctInputPackets, AcctOutputPackets, \
+                 NodeName) VALUES ('start', 1000.0, 'old', 'ft', 'sip:a@x', 'sip:b@y', \
+                 'sip:b@y', '192.0.2.1', 'INVITE', 200, 0, 0, 0, 0, 'sluice-1')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut outbox = Outbox::open(&path, 100, None).unwrap();
+        store.begin(&call(1), t(2_000_000)).unwrap();
+        let records = outbox.head(10).unwrap();
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records[0].call.call_id, "old");
+        assert_eq!(records[0].call.user_agents, None);
+        assert_eq!(records[1].call, call(1), "with its user agents");
+        // Opening again finds the column there.
+        drop(outbox);
+        Outbox::open(&path, 100, None).unwrap();
+    }
+
+    #[test]
     fn interim_updates_follow_the_interval() {
         let (_dir, mut store, mut outbox) = setup(100, Some(Duration::from_secs(30)));
         store.begin(&call(1), t(1_000_000)).unwrap();
