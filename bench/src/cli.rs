@@ -24,6 +24,12 @@ pub enum Command {
     /// Run the whole suite (each part as a subprocess, bounded) and write the markdown report,
     /// its plots, the headline figures as JSON and the README's headline block.
     Report(ReportArgs),
+    /// Calls per second through `sluice run` (SIPp, media on the relay, CDRs), optionally
+    /// against Kamailio with rtpengine.
+    Calls(crate::calls::CallsArgs),
+    /// REGISTERs with digest per second through `sluice run`'s registrar, optionally against
+    /// Kamailio's.
+    Register(crate::calls::RegisterArgs),
 }
 
 /// Relay implementation under test.

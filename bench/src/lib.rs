@@ -14,6 +14,7 @@
 //! - [`report`]: the stable JSON/text result.
 //! - [`cli`]: `sluice-bench` arguments.
 
+pub mod calls;
 pub mod cli;
 pub mod clock;
 pub mod external;

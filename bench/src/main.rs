@@ -25,6 +25,8 @@ fn main() -> Result<()> {
         Command::Streams(args) if args.backend == Backend::All => compare(&args),
         Command::Streams(args) => run_streams(&args),
         Command::Report(args) => sluice_bench::suite::run(&args),
+        Command::Calls(args) => sluice_bench::calls::run_calls(&args),
+        Command::Register(args) => sluice_bench::calls::run_register(&args),
     }
 }
 
