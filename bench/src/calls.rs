@@ -729,6 +729,11 @@ fn run_step(
         s("-trace_rtt"),
         s("-rtt_freq"),
         s("1"),
+        // A 180 may arrive after the 200 (Kamailio's worker processes forward them in parallel,
+        // and UDP keeps no order): a UA ignores such a late provisional, and so does SIPp here,
+        // instead of aborting the call.
+        s("-default_behaviors"),
+        s("all,-abortunexp"),
     ];
     match workload {
         Workload::Calls { .. } => args.extend([
