@@ -246,6 +246,8 @@ pub struct Step {
     pub cdrs: Option<u64>,
     /// The 1-minute load average when the step ended (the machine may be shared).
     pub load_average: Option<f64>,
+    /// Resident memory of the proxy's processes when the step ended, summed.
+    pub proxy_rss_bytes: Option<u64>,
 }
 
 impl Step {
@@ -276,6 +278,8 @@ pub struct CallsReport {
     /// Resident memory of the proxy's processes after the last step, summed (shared pages in
     /// each).
     pub proxy_rss_bytes: Option<u64>,
+    /// The same before the first step.
+    pub proxy_rss_start_bytes: Option<u64>,
     /// The same, shared pages split between the processes (PSS).
     pub proxy_pss_bytes: Option<u64>,
     /// How the proxy was set up.
@@ -332,11 +336,12 @@ impl fmt::Display for CallsReport {
         }
         writeln!(
             f,
-            "  max clean rate: {} /s (failed < {}%), stopped: {}; memory after: RSS {} MiB, PSS {} MiB",
+            "  max clean rate: {} /s (failed < {}%), stopped: {}; memory: RSS {} MiB before, {} MiB after, PSS {} MiB after",
             self.max_clean_rate
                 .map_or_else(|| "none".to_owned(), |r| r.to_string()),
             self.max_failed_ratio * 100.0,
             self.stopped,
+            opt(self.proxy_rss_start_bytes.map(|b| b as f64 / 1048576.0), 1),
             opt(self.proxy_rss_bytes.map(|b| b as f64 / 1048576.0), 1),
             opt(self.proxy_pss_bytes.map(|b| b as f64 / 1048576.0), 1),
         )
@@ -551,6 +556,7 @@ fn measure(
     if let Workload::Calls { media, .. } = workload {
         run.uas = Some(start_uas(&run, media)?);
     }
+    let rss_start = run.proxy.rss_bytes();
     let mut steps: Vec<Step> = Vec::new();
     let mut stopped = if plan.sweep {
         stopped::LAST_STEP
@@ -596,6 +602,7 @@ fn measure(
         steps,
         max_clean_rate,
         proxy_rss_bytes: run.proxy.rss_bytes(),
+        proxy_rss_start_bytes: rss_start,
         proxy_pss_bytes: run.proxy.pss_bytes(),
         setup: run.proxy.setup.clone(),
         stopped: stopped.to_owned(),
@@ -842,6 +849,7 @@ fn run_step(
         cpu_split,
         cdrs,
         load_average: load_average(),
+        proxy_rss_bytes: run.proxy.rss_bytes(),
     })
 }
 
@@ -921,6 +929,7 @@ mod tests {
             cpu_split: BTreeMap::new(),
             cdrs: None,
             load_average: None,
+            proxy_rss_bytes: None,
         };
         assert!(!step.clean(0.001));
         step.failed_ratio = 0.0;
