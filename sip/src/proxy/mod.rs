@@ -385,6 +385,7 @@ struct Call {
 #[derive(Debug)]
 pub struct ProxyCore<R: MediaRelay, S: LocationStore = MemoryStore> {
     config: ProxyConfig,
+    accounts: config::AccountIndex,
     ours: Vec<LocalAddr>,
     secret: Vec<u8>,
     rng: Drbg,
@@ -491,6 +492,7 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
             out: Default::default(),
             events: Default::default(),
             stats: Stats::default(),
+            accounts: config::AccountIndex::new(&config.accounts),
             config,
         })
     }
@@ -995,8 +997,8 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
             };
             let account = domain
                 .as_deref()
-                .and_then(|d| self.config.account(&user, d))
-                .map(|a| a.aor());
+                .and_then(|d| self.accounts.by_name(&user, d))
+                .map(|i| self.config.accounts[i].aor());
             if let Some(aor) = account {
                 let bindings = self.registrar.bindings(now, &aor).unwrap_or_default();
                 if bindings.is_empty() {
@@ -1211,12 +1213,7 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
         let Some(creds) = creds else {
             return Err(self.challenge(now, req, &domain, ChallengeRole::Proxy, false));
         };
-        let Some(index) = self
-            .config
-            .accounts
-            .iter()
-            .position(|a| a.domain.eq_ignore_ascii_case(&domain) && a.user == creds.username)
-        else {
+        let Some(index) = self.accounts.by_username(&creds.username, &domain) else {
             return Err(self.challenge(now, req, &domain, ChallengeRole::Proxy, false));
         };
         let account = self.config.accounts[index].clone();
@@ -1316,8 +1313,8 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
             .find(|c| c.realm.eq_ignore_ascii_case(&to_host));
         let account = creds
             .as_ref()
-            .and_then(|c| self.config.account_by_username(&c.username, &to_host))
-            .cloned();
+            .and_then(|c| self.accounts.by_username(&c.username, &to_host))
+            .map(|i| self.config.accounts[i].clone());
         let (Some(creds), Some(account)) = (creds, account) else {
             let resp = self.challenge(now, req, &to_host, ChallengeRole::Www, false);
             self.respond(now, key, &resp);
