@@ -2,9 +2,11 @@
 //!
 //! `sluice run` keeps its bindings in a `location` table of the CDR database (one file to
 //! place, back up and watch; the table is independent of the CDR schema and made if missing).
-//! A REGISTER is one transaction replacing the AoR's bindings. Writes are `synchronous=NORMAL`:
-//! a power cut may lose the last refreshes, which the phones send again within their expiry,
-//! and an fsync per REGISTER would cost more than that is worth.
+//! A REGISTER is one transaction replacing the AoR's bindings, with cached statements. Writes
+//! are `synchronous=NORMAL` whatever `[cdr] durability` says: a power cut may lose the last
+//! refreshes, which the phones send again within their expiry, and an fsync per REGISTER would
+//! cost more than that is worth. The database's [`crate::cdr::WalSyncer`] syncs them with the
+//! CDRs every `[cdr] sync_interval_ms`, which bounds that loss too.
 //!
 //! # Time
 //!

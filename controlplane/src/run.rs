@@ -33,6 +33,8 @@
 //! [cdr]
 //! db = "/var/lib/sluice/cdr.sqlite"  # also holds the registrations (crate::location_db)
 //! node = "sbc-1"                     # NodeName in the CDRs; the host name by default
+//! durability = "process"            # or "power": see crate::cdr::Durability
+//! sync_interval_ms = 1000            # "process": how often the database is synced to disk
 //!
 //! [radius]                           # RADIUS accounting of every call: see crate::radius
 //! servers = ["127.0.0.1:1813"]
@@ -82,8 +84,8 @@ use sluice_sip::proxy::{
 
 use crate::api::ApiConfig;
 use crate::cdr::{
-    CallInfo, Cdr, CdrStore, DirectionCounters, MediaCounters, Party, SqliteCdrStore,
-    TerminationCause as CdrCause, DEFAULT_CDR_DB,
+    CallInfo, Cdr, CdrStore, DirectionCounters, Durability, MediaCounters, Party, SqliteCdrStore,
+    TerminationCause as CdrCause, WalSyncer, DEFAULT_CDR_DB, DEFAULT_SYNC_INTERVAL,
 };
 use crate::location_db::SqliteLocationStore;
 use crate::media_bridge::{BridgeCall, BridgeInterface, MediaBridge};
@@ -194,6 +196,9 @@ pub struct PstnSection {
 pub struct CdrSection {
     pub db: Option<PathBuf>,
     pub node: Option<String>,
+    pub durability: Durability,
+    /// Milliseconds between syncs of the database to disk.
+    pub sync_interval_ms: Option<u64>,
 }
 
 /// What `sluice run` runs with.
@@ -206,6 +211,9 @@ pub struct RunSettings {
     /// `None`: the default with its fallback.
     pub cdr_db: Option<PathBuf>,
     pub node: String,
+    pub durability: Durability,
+    /// How often the CDR database (with the registrations and the RADIUS outbox) is synced.
+    pub sync_interval: Duration,
     /// `None`: no RADIUS accounting.
     pub radius: Option<RadiusSettings>,
 }
@@ -401,28 +409,38 @@ pub fn settings(args: &RunArgs) -> Result<RunSettings> {
         },
         &relay_args,
     )?;
+    let sync_interval = match file.cdr.sync_interval_ms {
+        None => DEFAULT_SYNC_INTERVAL,
+        Some(0) => bail!("cdr.sync_interval_ms: must be at least 1"),
+        Some(ms) => Duration::from_millis(ms),
+    };
     Ok(RunSettings {
         listen,
         proxy,
         relay,
         cdr_db: args.cdr_db.clone().or(file.cdr.db),
         node: file.cdr.node.unwrap_or_else(host_name),
+        durability: file.cdr.durability,
+        sync_interval,
         radius,
     })
 }
 
 /// Opens the CDR database: the one configured, else the default, else `./sluice-cdr.sqlite`.
-fn open_cdrs(configured: Option<&Path>) -> Result<(SqliteCdrStore, PathBuf)> {
+fn open_cdrs(
+    configured: Option<&Path>,
+    durability: Durability,
+) -> Result<(SqliteCdrStore, PathBuf)> {
     if let Some(path) = configured {
-        let store = SqliteCdrStore::open(path)
+        let store = SqliteCdrStore::open_with(path, durability)
             .with_context(|| format!("cdr.db: opening {}", path.display()))?;
         return Ok((store, path.to_owned()));
     }
-    match SqliteCdrStore::open(DEFAULT_CDR_DB) {
+    match SqliteCdrStore::open_with(DEFAULT_CDR_DB, durability) {
         Ok(store) => Ok((store, DEFAULT_CDR_DB.into())),
         Err(e) => {
             tracing::warn!(error = %e, fallback = FALLBACK_CDR_DB, "the default CDR database cannot be opened");
-            let store = SqliteCdrStore::open(FALLBACK_CDR_DB)
+            let store = SqliteCdrStore::open_with(FALLBACK_CDR_DB, durability)
                 .with_context(|| format!("cdr.db: opening {FALLBACK_CDR_DB}"))?;
             Ok((store, FALLBACK_CDR_DB.into()))
         }
@@ -444,7 +462,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         println!("configuration ok: {settings:#?}");
         return Ok(());
     }
-    let (mut cdrs, cdr_path) = open_cdrs(settings.cdr_db.as_deref())?;
+    let (mut cdrs, cdr_path) = open_cdrs(settings.cdr_db.as_deref(), settings.durability)?;
+    // The SIP thread's commits do not wait on the disk (with "process"); this bounds what a
+    // power cut can lose of them, the registrations' and the RADIUS outbox's. Dropped (a last
+    // sync) when `run` returns.
+    let _wal_syncer = WalSyncer::start(&cdr_path, settings.sync_interval)
+        .with_context(|| format!("syncing {}", cdr_path.display()))?;
     // Before the recovery, so that the calls it closes are accounted too.
     let radius = match &settings.radius {
         Some(r) => {
@@ -908,6 +931,8 @@ mod tests {
         assert_eq!(s.relay.interfaces.len(), 1);
         assert_eq!(s.relay.interfaces[0].addr, Ipv4Addr::LOCALHOST);
         assert!(s.cdr_db.is_none());
+        assert_eq!(s.durability, Durability::Process);
+        assert_eq!(s.sync_interval, DEFAULT_SYNC_INTERVAL);
     }
 
     #[test]
@@ -942,9 +967,13 @@ mod tests {
             [cdr]
             db = "/tmp/x.sqlite"
             node = "n1"
+            durability = "power"
+            sync_interval_ms = 250
             "#,
         )
         .expect("valid");
+        assert_eq!(s.durability, Durability::Power);
+        assert_eq!(s.sync_interval, Duration::from_millis(250));
         assert_eq!(s.proxy.accounts[0].user, "alice");
         assert_eq!(s.proxy.pstn[0].gateways[1].transport, rsip::Transport::Tcp);
         assert_eq!(s.relay.timeouts.media, Duration::from_secs(20));
@@ -964,6 +993,10 @@ mod tests {
         assert!(e.contains("pstn.gateways"), "{e}");
         let e = err("[cdr]\nbogus = 1\n");
         assert!(e.contains("bogus"), "{e}");
+        let e = err("[cdr]\ndurability = \"disk\"\n");
+        assert!(e.contains("durability"), "{e}");
+        let e = err("[cdr]\nsync_interval_ms = 0\n");
+        assert!(e.contains("cdr.sync_interval_ms"), "{e}");
         let e = err("[sip]\nlisten = [\"0.0.0.0:5060\"]\n");
         assert!(e.contains("sip.listen"), "{e}");
     }
