@@ -291,7 +291,14 @@ fn streams(md: &mut String, results: &SuiteResults, figures: &Figures) {
                 line.label,
                 line.setup,
                 line.count_text(),
-                sweep.limit_text(),
+                if line.limit == summary::LATENCY_RUN {
+                    format!(
+                        "sweep: {}; clean at this count in the latency run below",
+                        sweep.limit_text()
+                    )
+                } else {
+                    sweep.limit_text().to_owned()
+                },
                 ns(line.ns_per_packet),
                 ns(line.kernel_ns_per_packet),
                 ns(line.user_ns_per_packet),

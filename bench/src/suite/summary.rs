@@ -114,13 +114,37 @@ pub struct Headline {
     pub register_per_s: RatePair,
 }
 
+/// `StreamsLine::limit` when the largest clean count comes from the latency run, not the sweep.
+pub const LATENCY_RUN: &str = "latency-run";
+
 /// Every swept relay, in the report's order.
 pub fn streams_lines(results: &SuiteResults) -> Vec<StreamsLine> {
+    let latency = results.latency.as_ref().and_then(Part::ok);
     let mut lines: Vec<StreamsLine> = BACKENDS
         .iter()
         .filter_map(|b| {
             let sweep = results.sweeps.get(*b)?.ok()?;
-            Some(StreamsLine::from_sweep(b, sweep))
+            let mut line = StreamsLine::from_sweep(b, sweep);
+            // On a small host a sweep step can be cut short by a generator that fell behind
+            // for a moment; the latency run of the same report, at its fixed count, is a step
+            // like any other, so a clean one there is a lower bound too.
+            if let Some(r) = latency.and_then(|all| all.get(*b)) {
+                if sweep.limit != sweep::limit::RELAY
+                    && r.streams > line.max_clean_streams
+                    && !r.generator_saturated
+                    && r.counters_match
+                    && r.loss_ratio <= sweep.loss_threshold
+                {
+                    line.max_clean_streams = r.streams;
+                    line.lower_bound = true;
+                    line.limit = LATENCY_RUN.to_owned();
+                    line.at_streams = r.streams;
+                    line.ns_per_packet = r.relay_ns_per_packet;
+                    line.kernel_ns_per_packet = r.relay_kernel_ns_per_packet;
+                    line.user_ns_per_packet = r.relay_user_ns_per_packet;
+                }
+            }
+            Some(line)
         })
         .collect();
     if let Some(v) = results.rtpengine.as_ref().and_then(Part::ok) {
@@ -362,18 +386,20 @@ pub fn not_ahead(results: &SuiteResults) -> Vec<String> {
     if let Some(v) = results.rtpengine.as_ref().and_then(Part::ok) {
         streams_findings(&v.sluice, &v.rtpengine, &mut out);
     }
+    let lines = streams_lines(results);
     for b in BACKENDS {
-        let (Some(sweep), Some(r)) = (
+        let (Some(sweep), Some(r), Some(line)) = (
             results.sweeps.get(b).and_then(Part::ok),
             results.rtpengine.as_ref().and_then(Part::ok),
+            lines.iter().find(|l| l.label == b),
         ) else {
             continue;
         };
-        if sweep.max_clean_streams < r.rtpengine.max_clean_streams {
+        if line.max_clean_streams < r.rtpengine.max_clean_streams {
             out.push(format!(
                 "Sluice's `{b}` backend ran clean only to {} streams with in-process rules, fewer \
                  than rtpengine's {} over ng; its sweep was stopped by {}.",
-                group(sweep.max_clean_streams),
+                group(line.max_clean_streams),
                 group(r.rtpengine.max_clean_streams),
                 sweep.limit_text()
             ));

@@ -239,6 +239,37 @@ fn canned() -> SuiteResults {
 }
 
 #[test]
+fn a_clean_latency_run_is_a_lower_bound_where_the_generator_cut_the_sweep_short() {
+    let mut results = canned();
+    let mut first = step("sluice", "sockets", "direct", 500, 0.0);
+    first.generator_saturated = true;
+    let cut_short = SweepReport::from_steps(vec![first], limit::GENERATOR, 0.001, 60.0);
+    results.sweeps.insert(
+        "sockets".into(),
+        part("sluice-bench streams --backend sockets --sweep", cut_short),
+    );
+    for report in results
+        .latency
+        .as_mut()
+        .and_then(|p| p.result.as_mut())
+        .expect("a latency run")
+        .values_mut()
+    {
+        report.counters_match = true;
+    }
+    let lines = summary::streams_lines(&results);
+    let sockets = lines
+        .iter()
+        .find(|l| l.label == "sockets")
+        .expect("sockets");
+    assert_eq!(sockets.count_text(), "≥ 2 000");
+    assert_eq!(sockets.limit, summary::LATENCY_RUN);
+    // A sweep the relay itself stopped keeps its own figure.
+    let afxdp = lines.iter().find(|l| l.label == "afxdp").expect("afxdp");
+    assert_eq!(afxdp.count_text(), "500");
+}
+
+#[test]
 fn headline_figures_come_from_the_data() {
     let h = summary::headline(&canned());
     let labels: Vec<&str> = h.streams.iter().map(|l| l.label.as_str()).collect();
