@@ -7,6 +7,8 @@
 //! Without root, `sipp`, `kamailio` or `rtpengine` this skips with the reason, unless `CI` is
 //! set: then it fails (`.ci/setup` installs sip-tester, kamailio and rtpengine-daemon).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -28,28 +30,6 @@ fn installed(program: &str, args: &[&str]) -> bool {
         eprintln!("skipping: no `{program}`");
     }
     ok
-}
-
-/// Builds the `sluice` binary next to `sluice-bench` (same profile), where the benchmarks look
-/// for it.
-fn build_sluice() -> PathBuf {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let dir = bench.parent().expect("a directory").to_path_buf();
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["build", "-p", "sluice", "--bin", "sluice"]);
-    if release {
-        command.arg("--release");
-    }
-    let status = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build -p sluice");
-    assert!(status.success(), "cargo build -p sluice failed");
-    let sluice = dir.join("sluice");
-    assert!(sluice.is_file(), "no {}", sluice.display());
-    sluice
 }
 
 fn bench(sluice: &PathBuf, args: &[&str]) -> Value {
@@ -143,7 +123,7 @@ fn calls_and_registrations_report_clean_low_rate_runs() {
     {
         return;
     }
-    let sluice = build_sluice();
+    let sluice = common::build_sluice();
 
     let alone = bench(&sluice, &["calls", "--rate", "10", "--duration", "3"]);
     assert_eq!(sides(&alone), ["sluice"], "{alone}");

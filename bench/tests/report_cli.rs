@@ -4,33 +4,15 @@
 //! The SIP parts are left out here (`--skip calls,register`: their own tests run SIPp and
 //! Kamailio); the report must still say they did not run. About a minute.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
 fn privileged() -> bool {
     sluice_dataplane::netns::privileged_test(module_path!())
-}
-
-/// Builds the `sluice` binary next to `sluice-bench` (same profile), where the ng parts look
-/// for it.
-fn build_sluice() -> PathBuf {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let dir = bench.parent().expect("a directory").to_path_buf();
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["build", "-p", "sluice", "--bin", "sluice"]);
-    if release {
-        command.arg("--release");
-    }
-    let status = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build -p sluice");
-    assert!(status.success(), "cargo build -p sluice failed");
-    dir.join("sluice")
 }
 
 fn read(path: &Path) -> String {
@@ -42,7 +24,7 @@ fn quick_report_writes_markdown_plots_and_json() {
     if !privileged() {
         return;
     }
-    build_sluice();
+    common::build_sluice();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("benchmarks.md");
     // A README with the markers, to see the block rewritten and nothing else touched.

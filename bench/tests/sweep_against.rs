@@ -2,7 +2,8 @@
 //! benchmarker runs them: the report's shape, not performance. One test, run in sequence: each
 //! run's generator spins a core, and two at once on a 2-core machine measure the machine.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
 use serde_json::Value;
@@ -25,28 +26,6 @@ fn bench(args: &[&str]) -> Value {
     );
     let last = stdout.lines().last().expect("a last line");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
-
-/// Builds the `sluice` binary next to `sluice-bench` (same profile), where `--setup ng` and
-/// `--against` look for it.
-fn build_sluice() -> PathBuf {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_sluice-bench"));
-    let dir = bench.parent().expect("a directory").to_path_buf();
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["build", "-p", "sluice", "--bin", "sluice"]);
-    if release {
-        command.arg("--release");
-    }
-    let status = command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build -p sluice");
-    assert!(status.success(), "cargo build -p sluice failed");
-    let sluice = dir.join("sluice");
-    assert!(sluice.is_file(), "no {}", sluice.display());
-    sluice
 }
 
 fn rtpengine_installed() -> bool {
@@ -157,7 +136,7 @@ fn sweep_baseline_and_against_rtpengine() {
         eprintln!("skipping --against rtpengine: rtpengine is not installed (.ci/setup installs rtpengine-daemon)");
         return;
     }
-    let sluice = build_sluice();
+    let sluice = common::build_sluice();
     let both = bench(&[
         "--backend",
         "xdp",
