@@ -35,15 +35,13 @@ mod harness;
 #[path = "common/ng.rs"]
 mod ng;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use harness::{http_get, Proc, WorkDir};
 use ng::{dict, NgClient, NgExt, Value, ValueExt};
 use sluice_dataplane::netns::NetNs;
 use sluice_dataplane::testbed::{Testbed, TopologyKind};
@@ -79,65 +77,50 @@ fn sluice_binary() -> &'static Path {
 // ---------------------------------------------------------------------------------------------
 // The relay process
 
-static LOGS: AtomicU32 = AtomicU32::new(0);
+/// Numbers the relays of this test process, whose work directories must not collide.
+static RELAYS: AtomicU32 = AtomicU32::new(0);
 
 /// `sluice relay` running in a testbed's relay namespace. Dropping it stops it (SIGTERM, then
 /// SIGKILL) by its PID and waits for it; if the test is failing, its log is printed.
 struct Relay<'a> {
     bed: &'a Testbed,
     backend: &'static str,
-    child: Child,
-    log: PathBuf,
+    process: Proc,
     ng: NgClient,
-    api: SocketAddr,
+    // Dropped after the process: its log stays when the test fails.
+    _work: WorkDir,
 }
 
 impl<'a> Relay<'a> {
     fn start(bed: &'a Testbed, backend: &'static str, timeout_s: u64) -> Relay<'a> {
         let binary = sluice_binary();
-        let log = std::env::temp_dir().join(format!(
-            "sluice-relay-ng-{}-{}.log",
-            std::process::id(),
-            LOGS.fetch_add(1, Ordering::Relaxed)
+        let work = WorkDir::new(&format!(
+            "relay-ng-{backend}-{}",
+            RELAYS.fetch_add(1, Ordering::Relaxed)
         ));
-        let out = File::create(&log).expect("create the relay's log file");
-        let err = out.try_clone().expect("clone the log file");
         let caller_if = format!("caller/{}", bed.relay_caller_addr());
         let callee_if = format!("callee/{}", bed.relay_callee_addr());
-        let (port_min, port_max, timeout) = (
-            PORT_MIN.to_string(),
-            PORT_MAX.to_string(),
-            timeout_s.to_string(),
-        );
-        // `ip netns exec` execs the relay in place: the child's PID is the relay's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", bed.relay().name()])
-            .arg(binary)
-            .args([
-                "relay",
-                "--interface",
-                &caller_if,
-                "--interface",
-                &callee_if,
-                "--listen-ng",
-                NG_ADDR,
-                "--port-min",
-                &port_min,
-                "--port-max",
-                &port_max,
-                "--timeout",
-                &timeout,
-                "--api-listen",
-                API_ADDR,
-                "--backend",
-                backend,
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn ip netns exec ... sluice relay");
+        let args = [
+            "relay",
+            "--interface",
+            &caller_if,
+            "--interface",
+            &callee_if,
+            "--listen-ng",
+            NG_ADDR,
+            "--port-min",
+            &PORT_MIN.to_string(),
+            "--port-max",
+            &PORT_MAX.to_string(),
+            "--timeout",
+            &timeout_s.to_string(),
+            "--api-listen",
+            API_ADDR,
+            "--backend",
+            backend,
+        ]
+        .map(str::to_owned);
+        let process = Proc::spawn(bed.relay(), "sluice-relay", binary, &args, &work.0);
         let server: SocketAddr = NG_ADDR.parse().expect("address");
         let socket = bed
             .relay()
@@ -147,10 +130,9 @@ impl<'a> Relay<'a> {
         let mut relay = Relay {
             bed,
             backend,
-            child,
-            log,
+            process,
             ng: NgClient::new(socket, server),
-            api: API_ADDR.parse().expect("address"),
+            _work: work,
         };
         relay.wait_until_up();
         relay
@@ -165,7 +147,7 @@ impl<'a> Relay<'a> {
         let mut last = String::new();
         let mut up = false;
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.exited() {
                 panic!(
                     "sluice relay --backend {} exited at start ({status}):\n{}",
                     self.backend,
@@ -199,8 +181,8 @@ impl<'a> Relay<'a> {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(healthy, "the API never answered:\n{}", self.log_text());
-        let comm =
-            std::fs::read_to_string(format!("/proc/{}/comm", self.child.id())).unwrap_or_default();
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.process.pid()))
+            .unwrap_or_default();
         assert_eq!(
             comm.trim(),
             "sluice",
@@ -209,37 +191,13 @@ impl<'a> Relay<'a> {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+        self.process.log()
     }
 
-    /// An HTTP/1.0 GET of the management API, from the relay namespace.
+    /// A GET of the management API, from the relay namespace.
     fn try_get(&self, path: &str) -> Result<(u16, String), String> {
-        let api = self.api;
-        let mut stream = self
-            .bed
-            .relay()
-            .run(move || TcpStream::connect_timeout(&api, Duration::from_secs(2)))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("connecting to the API: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .map_err(|e| format!("sending GET {path}: {e}"))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .map_err(|e| format!("reading GET {path}: {e}"))?;
-        let text = String::from_utf8(raw).map_err(|_| format!("GET {path}: not UTF-8"))?;
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("GET {path}: no end of head in {text:?}"))?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("GET {path}: bad status line in {head:?}"))?;
-        Ok((status, body.to_owned()))
+        http_get(self.bed.relay(), API_ADDR, path, Duration::from_secs(10))
+            .map_err(|e| format!("GET {path}: {e}"))
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -255,7 +213,7 @@ impl<'a> Relay<'a> {
 
     /// The relay's resident memory, from /proc/<pid>/status.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
             .expect("the relay's /proc status");
         status
             .lines()
@@ -265,39 +223,19 @@ impl<'a> Relay<'a> {
     }
 
     fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the relay died ({status}):\n{}", self.log_text());
-        }
+        self.process.check_running();
     }
 }
 
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let started = Instant::now();
-            while matches!(self.child.try_wait(), Ok(None))
-                && started.elapsed() < Duration::from_secs(5)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Ok(None) = self.child.try_wait() {
-                eprintln!("the relay (pid {pid}) ignored SIGTERM for 5 s; killing it");
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
+        self.process.stop();
         if std::thread::panicking() {
             eprintln!(
-                "---- sluice relay --backend {} log ({}) ----\n{}",
+                "---- sluice relay --backend {} log ----\n{}",
                 self.backend,
-                self.log.display(),
                 self.log_text()
             );
-        } else {
-            let _ = std::fs::remove_file(&self.log);
         }
     }
 }

@@ -133,6 +133,11 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its PID (`ip netns exec` execs the program in place, so it is the program's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
