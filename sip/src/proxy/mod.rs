@@ -337,6 +337,33 @@ struct ServerCtx {
     call: Option<String>,
 }
 
+impl ServerCtx {
+    /// The context of a request about to be forwarded: no branch yet, no final response.
+    fn new(
+        request: Request,
+        branch: String,
+        local: SocketAddr,
+        template: Request,
+        record_route: bool,
+        call: Option<String>,
+    ) -> Self {
+        ServerCtx {
+            request,
+            branch,
+            local,
+            branches: Vec::new(),
+            next_index: 0,
+            finals: Vec::new(),
+            final_sent: false,
+            answered: false,
+            cancelled: false,
+            template,
+            record_route,
+            call,
+        }
+    }
+}
+
 /// A client transaction (a branch, or our own CANCEL/BYE when `server` is `None`).
 #[derive(Debug)]
 struct ClientCtx {
@@ -1150,20 +1177,7 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
         };
         self.servers.insert(
             key.clone(),
-            ServerCtx {
-                request: req,
-                branch,
-                local,
-                branches: Vec::new(),
-                next_index: 0,
-                finals: Vec::new(),
-                final_sent: false,
-                answered: false,
-                cancelled: false,
-                template,
-                record_route: is_invite,
-                call,
-            },
+            ServerCtx::new(req, branch, local, template, is_invite, call),
         );
         let count = targets.len();
         for (i, t) in targets.into_iter().enumerate() {
@@ -1455,20 +1469,7 @@ impl<R: MediaRelay, S: LocationStore> ProxyCore<R, S> {
         }
         self.servers.insert(
             key.clone(),
-            ServerCtx {
-                request: req,
-                branch,
-                local,
-                branches: Vec::new(),
-                next_index: 0,
-                finals: Vec::new(),
-                final_sent: false,
-                answered: false,
-                cancelled: false,
-                template,
-                record_route: false,
-                call: None,
-            },
+            ServerCtx::new(req, branch, local, template, false, None),
         );
         let target = Target {
             uri: None,
